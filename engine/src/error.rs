@@ -1,0 +1,93 @@
+//! The engine's one error type, split by who must act on it.
+
+use crate::Format;
+
+/// Everything that can go wrong turning bytes into a grayscale image.
+///
+/// The variants are split by who must act: the sender ([`Error::Invalid`], [`Error::Unsupported`],
+/// [`Error::OverLimit`]) or the maintainers ([`Error::Internal`]). None of them is transient:
+/// converting the same bytes again gives the same error, so callers never retry them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a valid image of the format they claim to be (corrupt, truncated).
+    #[error("invalid {format}: {reason}")]
+    Invalid { format: Format, reason: String },
+    /// A valid image, or another file type, that the engine does not convert.
+    #[error("unsupported input: {what}")]
+    Unsupported { what: String },
+    /// The input is over a configured limit; found from the header, before any pixel buffer exists.
+    #[error("{limit} is {found}, over the limit of {max}")]
+    OverLimit {
+        limit: LimitKind,
+        found: u64,
+        max: u64,
+    },
+    /// The engine failed on input it accepted: a bug to report, not the sender's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The coarse class of an [`Error`], for metrics, exit codes and dead-letter headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Invalid,
+    Unsupported,
+    OverLimit,
+    Internal,
+}
+
+impl ErrorKind {
+    /// A stable lowercase name (`invalid`, `unsupported`, `over_limit`, `internal`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::OverLimit => "over_limit",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Which limit an input went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    InputBytes,
+    Pixels,
+    Width,
+    Height,
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitKind::InputBytes => "input size in bytes",
+            LimitKind::Pixels => "pixel count",
+            LimitKind::Width => "width",
+            LimitKind::Height => "height",
+        })
+    }
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { .. } => ErrorKind::Invalid,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::OverLimit { .. } => ErrorKind::OverLimit,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn invalid(format: Format, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            format,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(what: impl Into<String>) -> Self {
+        Error::Unsupported { what: what.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,233 @@
+//! cloudimg's engine: bytes in, grayscale bytes out.
+//!
+//! Pure and synchronous: no I/O, no network, one image per call on the calling thread. Parallelism
+//! lives in [`batch`]. The shells know nothing about pixels beyond this API.
+//!
+//! ```no_run
+//! let photo = std::fs::read("photo.jpg")?;
+//! let gray = cloudimg_engine::convert(&photo, &cloudimg_engine::Options::default())?;
+//! std::fs::write("photo-gray.jpg", &gray.data)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Two paths, chosen per input:
+//! * **pixels** (PNG, CMYK/YCCK and RGB JPEGs, and anything [`PathChoice::Pixels`] forces):
+//!   decode, reduce to BT.601 luma, encode a one-channel JPEG (or PNG).
+//! * **coefficients** (Huffman-coded 8-bit gray and YCbCr JPEGs): the luma channel's DCT
+//!   coefficients go straight to the output without a pixel ever existing.
+
+pub mod batch;
+mod error;
+mod jpeg;
+mod luma;
+mod options;
+mod orientation;
+mod pixels;
+mod png;
+mod sniff;
+
+use std::time::{Duration, Instant};
+
+pub use error::{Error, ErrorKind, LimitKind, Result};
+pub use luma::SimdPath;
+pub use options::{Limits, Options, OutputFormat, PathChoice, Quality};
+pub use orientation::Orientation;
+pub use sniff::{Format, sniff};
+
+/// What a header says about an image, read without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: Format,
+    /// Stored width, before orientation.
+    pub width: u32,
+    /// Stored height, before orientation.
+    pub height: u32,
+    pub orientation: Orientation,
+}
+
+impl ImageInfo {
+    /// Width and height as the image displays, after its orientation.
+    pub fn displayed_size(&self) -> (u32, u32) {
+        self.orientation.displayed(self.width, self.height)
+    }
+}
+
+/// Which path a conversion took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversionPath {
+    /// Decoded to pixels and encoded again.
+    Pixels,
+    /// Luma DCT coefficients moved to the output directly.
+    Coefficients,
+}
+
+/// A stage of a conversion, for timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Pixel path: decoding to samples.
+    Decode,
+    /// Pixel path: reducing samples to luma.
+    Luma,
+    /// Pixel path: encoding the output.
+    Encode,
+    /// Coefficient path: reading the entropy-coded coefficients.
+    EntropyDecode,
+    /// Coefficient path: mapping coefficients to the output's quantization.
+    Requantize,
+    /// Coefficient path: writing the entropy-coded output.
+    EntropyEncode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::Luma,
+        Stage::Encode,
+        Stage::EntropyDecode,
+        Stage::Requantize,
+        Stage::EntropyEncode,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Luma => "luma",
+            Stage::Encode => "encode",
+            Stage::EntropyDecode => "entropy decode",
+            Stage::Requantize => "requantize",
+            Stage::EntropyEncode => "entropy encode",
+        }
+    }
+}
+
+/// Time spent per [`Stage`] in one conversion (or summed over many).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StageTimes([Duration; 6]);
+
+impl StageTimes {
+    pub fn get(&self, stage: Stage) -> Duration {
+        self.0[stage as usize]
+    }
+
+    pub fn add(&mut self, stage: Stage, time: Duration) {
+        self.0[stage as usize] += time;
+    }
+
+    /// Runs `f`, adding its wall time to `stage`.
+    pub(crate) fn time<T>(&mut self, stage: Stage, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.add(stage, start.elapsed());
+        out
+    }
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, other: StageTimes) {
+        for stage in Stage::ALL {
+            self.add(stage, other.get(stage));
+        }
+    }
+}
+
+/// A converted image.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The encoded output file.
+    pub data: Vec<u8>,
+    pub format: OutputFormat,
+    /// Stored width of the output.
+    pub width: u32,
+    /// Stored height of the output.
+    pub height: u32,
+    /// The orientation the output carries in its EXIF; `NORMAL` when the pixels were rotated.
+    pub orientation: Orientation,
+    pub source: ImageInfo,
+    pub path: ConversionPath,
+    pub stages: StageTimes,
+}
+
+impl Converted {
+    /// Width and height as the output displays (equal to the source's displayed size).
+    pub fn displayed_size(&self) -> (u32, u32) {
+        self.orientation.displayed(self.width, self.height)
+    }
+}
+
+/// The SIMD path this process's kernels use.
+pub fn simd_path() -> SimdPath {
+    SimdPath::detect()
+}
+
+/// Reads the header: format, size and orientation, checking every limit. Allocates nothing for
+/// pixels, so it is cheap enough to run on every upload before accepting it.
+pub fn probe(data: &[u8], limits: &Limits) -> Result<ImageInfo> {
+    limits.check_input_len(data.len())?;
+    match sniff(data)? {
+        Format::Jpeg => {
+            let frame = jpeg::read_frame(data, limits)?;
+            Ok(ImageInfo {
+                format: Format::Jpeg,
+                width: frame.width,
+                height: frame.height,
+                orientation: frame.orientation,
+            })
+        }
+        Format::Png => {
+            let header = png::read_header(data, limits)?;
+            Ok(ImageInfo {
+                format: Format::Png,
+                width: header.width,
+                height: header.height,
+                orientation: header.orientation,
+            })
+        }
+    }
+}
+
+/// Converts one image to grayscale.
+pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
+    let source = probe(data, &options.limits)?;
+    let mut stages = StageTimes::default();
+    let flatten_alpha = options.format == OutputFormat::Jpeg;
+    let image = stages.time(Stage::Decode, || match source.format {
+        Format::Jpeg => jpeg::read_frame(data, &options.limits)
+            .and_then(|f| jpeg::decode_pixels(data, &f, &options.limits)),
+        Format::Png => png::decode(data, &options.limits, flatten_alpha),
+    })?;
+    encode_pixels(image, source, options, stages)
+}
+
+fn encode_pixels(
+    image: pixels::GrayImage,
+    source: ImageInfo,
+    options: &Options,
+    mut stages: StageTimes,
+) -> Result<Converted> {
+    let quality = match options.quality {
+        Quality::Level(q) => q,
+        Quality::Source => match Quality::DEFAULT {
+            Quality::Level(q) => q,
+            Quality::Source => unreachable!("the default quality is a level"),
+        },
+    };
+    let (data, width, height, orientation) =
+        stages.time(Stage::Encode, || match options.format {
+            OutputFormat::Jpeg => image
+                .encode_jpeg(quality, source.orientation)
+                .map(|d| (d, image.width, image.height, source.orientation)),
+            OutputFormat::Png => image
+                .encode_png(source.orientation)
+                .map(|(d, w, h)| (d, w, h, Orientation::NORMAL)),
+        })?;
+    Ok(Converted {
+        data,
+        format: options.format,
+        width: width as u32,
+        height: height as u32,
+        orientation,
+        source,
+        path: ConversionPath::Pixels,
+        stages,
+    })
+}
