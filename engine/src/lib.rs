@@ -159,67 +159,77 @@ pub fn simd_path() -> SimdPath {
     SimdPath::detect()
 }
 
-/// Reads the header: format, size and orientation, checking every limit. Allocates nothing for
-/// pixels, so it is cheap enough to run on every upload before accepting it.
-pub fn probe(data: &[u8], limits: &Limits) -> Result<ImageInfo> {
+/// The parsed header of either format.
+enum Header {
+    Jpeg(jpeg::markers::Frame),
+    Png,
+}
+
+fn read_header(data: &[u8], limits: &Limits) -> Result<(ImageInfo, Header)> {
     limits.check_input_len(data.len())?;
     match sniff(data)? {
         Format::Jpeg => {
             let frame = jpeg::read_frame(data, limits)?;
-            Ok(ImageInfo {
-                format: Format::Jpeg,
-                width: frame.width,
-                height: frame.height,
-                orientation: frame.orientation,
-            })
+            let info = ImageInfo { format: Format::Jpeg, width: frame.width, height: frame.height, orientation: frame.orientation };
+            Ok((info, Header::Jpeg(frame)))
         }
         Format::Png => {
             let header = png::read_header(data, limits)?;
-            Ok(ImageInfo {
-                format: Format::Png,
-                width: header.width,
-                height: header.height,
-                orientation: header.orientation,
-            })
+            let info = ImageInfo { format: Format::Png, width: header.width, height: header.height, orientation: header.orientation };
+            Ok((info, Header::Png))
         }
     }
 }
 
+/// Reads the header: format, size and orientation, checking every limit. Allocates nothing for
+/// pixels, so it is cheap enough to run on every upload before accepting it.
+pub fn probe(data: &[u8], limits: &Limits) -> Result<ImageInfo> {
+    read_header(data, limits).map(|(info, _)| info)
+}
+
 /// Converts one image to grayscale.
 pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
-    let source = probe(data, &options.limits)?;
+    let (source, header) = read_header(data, &options.limits)?;
     let mut stages = StageTimes::default();
-    let flatten_alpha = options.format == OutputFormat::Jpeg;
-    let image = stages.time(Stage::Decode, || match source.format {
-        Format::Jpeg => jpeg::read_frame(data, &options.limits)
-            .and_then(|f| jpeg::decode_pixels(data, &f, &options.limits)),
-        Format::Png => png::decode(data, &options.limits, flatten_alpha),
-    })?;
+    let image = match header {
+        Header::Jpeg(frame) => {
+            let coefficients = options.format == OutputFormat::Jpeg
+                && options.path == PathChoice::Auto
+                && jpeg::has_luma_coefficients(&frame);
+            if coefficients {
+                let data = jpeg::transcode(data, &frame, options.quality, &mut stages)?;
+                return Ok(Converted {
+                    data,
+                    format: OutputFormat::Jpeg,
+                    width: source.width,
+                    height: source.height,
+                    orientation: source.orientation,
+                    source,
+                    path: ConversionPath::Coefficients,
+                    stages,
+                });
+            }
+            jpeg::decode_pixels(data, &frame, &options.limits, &mut stages)?
+        }
+        Header::Png => {
+            let flatten_alpha = options.format == OutputFormat::Jpeg;
+            stages.time(Stage::Decode, || png::decode(data, &options.limits, flatten_alpha))?
+        }
+    };
     encode_pixels(image, source, options, stages)
 }
 
-fn encode_pixels(
-    image: pixels::GrayImage,
-    source: ImageInfo,
-    options: &Options,
-    mut stages: StageTimes,
-) -> Result<Converted> {
+fn encode_pixels(image: pixels::GrayImage, source: ImageInfo, options: &Options, mut stages: StageTimes) -> Result<Converted> {
+    // Only a JPEG source has quantization to keep; every other source takes the default.
     let quality = match options.quality {
         Quality::Level(q) => q,
-        Quality::Source => match Quality::DEFAULT {
-            Quality::Level(q) => q,
-            Quality::Source => unreachable!("the default quality is a level"),
-        },
+        Quality::Source => 85,
     };
-    let (data, width, height, orientation) =
-        stages.time(Stage::Encode, || match options.format {
-            OutputFormat::Jpeg => image
-                .encode_jpeg(quality, source.orientation)
-                .map(|d| (d, image.width, image.height, source.orientation)),
-            OutputFormat::Png => image
-                .encode_png(source.orientation)
-                .map(|(d, w, h)| (d, w, h, Orientation::NORMAL)),
-        })?;
+    let (data, width, height, orientation) = stages.time(Stage::Encode, || match options.format {
+        OutputFormat::Jpeg => jpeg::encode_plane(&image.luma, image.width, image.height, quality, source.orientation)
+            .map(|d| (d, image.width, image.height, source.orientation)),
+        OutputFormat::Png => image.encode_png(source.orientation).map(|(d, w, h)| (d, w, h, Orientation::NORMAL)),
+    })?;
     Ok(Converted {
         data,
         format: options.format,

@@ -24,29 +24,6 @@ impl GrayImage {
         }
     }
 
-    /// A one-channel baseline JPEG that carries `orientation` as an EXIF tag.
-    pub fn encode_jpeg(&self, quality: u8, orientation: Orientation) -> Result<Vec<u8>> {
-        let (w, h) = (
-            u16::try_from(self.width)
-                .map_err(|_| Error::Internal(format!("width {} over 65535", self.width)))?,
-            u16::try_from(self.height)
-                .map_err(|_| Error::Internal(format!("height {} over 65535", self.height)))?,
-        );
-        let mut out = Vec::with_capacity(self.luma.len() / 4 + 1024);
-        let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
-        if orientation != Orientation::NORMAL {
-            let mut exif = b"Exif\0\0".to_vec();
-            exif.extend_from_slice(&orientation.to_exif());
-            encoder
-                .add_app_segment(1, exif)
-                .map_err(|e| Error::Internal(format!("EXIF segment: {e}")))?;
-        }
-        encoder
-            .encode(&self.luma, w, h, jpeg_encoder::ColorType::Luma)
-            .map_err(|e| Error::Internal(format!("JPEG encoder: {e}")))?;
-        Ok(out)
-    }
-
     /// A gray (or gray+alpha) 8-bit PNG, rotated to display upright: PNG viewers ignore EXIF.
     /// Returns the bytes and the stored width and height.
     pub fn encode_png(&self, orientation: Orientation) -> Result<(Vec<u8>, usize, usize)> {

@@ -1,10 +1,21 @@
-//! JPEG sources.
+//! JPEG sources: the coefficient path for gray and YCbCr Huffman JPEGs, the pixel path for the
+//! rest, and the one encoder both end in.
 
+mod bits;
+mod decoder;
+mod encoder;
+mod fdct;
+mod huffman;
+mod idct;
 pub(crate) mod markers;
+mod tables;
+mod transcode;
+
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pixels::GrayImage;
-use crate::{Format, Limits, luma};
+use crate::{luma, Format, Limits, Quality, Stage, StageTimes};
 use markers::{ColorKind, Frame};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -12,40 +23,55 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 pub(crate) use markers::read_frame;
+pub(crate) use transcode::encode_plane;
 
-/// Decodes to pixels with zune-jpeg (strict mode) and reduces them to luma.
-pub(crate) fn decode_pixels(data: &[u8], frame: &Frame, limits: &Limits) -> Result<GrayImage> {
-    let out = match frame.color {
-        ColorKind::Gray | ColorKind::YCbCr => ColorSpace::Luma,
-        ColorKind::Rgb | ColorKind::Cmyk | ColorKind::Ycck => ColorSpace::RGB,
+/// Whether the first component's coefficients are the image's luma at full resolution: gray or
+/// YCbCr, with luma sampled at least as densely as any other component.
+pub(crate) fn has_luma_coefficients(frame: &Frame) -> bool {
+    let luma = &frame.components[0];
+    matches!(frame.color, ColorKind::Gray | ColorKind::YCbCr) && luma.h == frame.h_max() && luma.v == frame.v_max()
+}
+
+/// The coefficient path: the luma coefficients, requantized to `quality`, written as a
+/// one-channel JPEG that carries the source's orientation.
+pub(crate) fn transcode(data: &[u8], frame: &Frame, quality: Quality, stages: &mut StageTimes) -> Result<Vec<u8>> {
+    let start = Instant::now();
+    let quality = match quality {
+        Quality::Level(q) => Some(q),
+        Quality::Source => None,
     };
+    let mut sink = transcode::Transcoder::new(frame.width, frame.height, frame.orientation, quality, data.len() / 2 + 1024);
+    decoder::decode_luma(data, frame, &mut sink)?;
+    stages.add(Stage::EntropyEncode, sink.encode_time);
+    stages.add(Stage::EntropyDecode, start.elapsed().saturating_sub(sink.encode_time));
+    sink.finish().ok_or_else(|| Error::Internal("the decoder finished without a scan".into()))
+}
+
+/// The pixel path's decode: the luma plane, through our own decoder and inverse DCT where the
+/// luma coefficients are at hand, through zune-jpeg (to RGB, then BT.601 luma) otherwise.
+pub(crate) fn decode_pixels(data: &[u8], frame: &Frame, limits: &Limits, stages: &mut StageTimes) -> Result<GrayImage> {
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let mut image = GrayImage::new(width, height);
+    if has_luma_coefficients(frame) {
+        let (blocks_w, blocks_h) = frame.component_blocks(0);
+        let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
+        stages.time(Stage::Decode, || decoder::decode_luma(data, frame, &mut sink))?;
+        image.luma = sink.finish(width, height);
+        return Ok(image);
+    }
     let max = limits.max_dimension as usize;
     let options = DecoderOptions::default()
         .set_max_width(max)
         .set_max_height(max)
         .set_strict_mode(true)
-        .jpeg_set_out_colorspace(out);
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
-    let pixels = decoder
-        .decode()
+    let rgb = stages
+        .time(Stage::Decode, || decoder.decode())
         .map_err(|e| Error::invalid(Format::Jpeg, format!("{e:?}")))?;
-    let (width, height) = (frame.width as usize, frame.height as usize);
-    let mut image = GrayImage::new(width, height);
-    let channels = out.num_components();
-    if pixels.len() != width * height * channels {
-        return Err(Error::invalid(
-            Format::Jpeg,
-            format!(
-                "expected {} decoded samples, found {}",
-                width * height * channels,
-                pixels.len()
-            ),
-        ));
+    if rgb.len() != width * height * 3 {
+        return Err(Error::invalid(Format::Jpeg, format!("expected {} decoded samples, found {}", width * height * 3, rgb.len())));
     }
-    if channels == 1 {
-        image.luma = pixels;
-    } else {
-        luma::rgb(&pixels, &mut image.luma);
-    }
+    stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
     Ok(image)
 }

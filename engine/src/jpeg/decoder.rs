@@ -1,0 +1,657 @@
+//! Entropy decoding of the luma component's DCT coefficients, for baseline and progressive
+//! Huffman-coded JPEGs.
+//!
+//! Only luma is kept. Chroma blocks inside interleaved scans are decoded to find where the next
+//! block starts and then dropped; scans that hold no luma are skipped by searching for the next
+//! marker, without decoding at all. Sequential files stream: each MCU row's luma blocks go to the
+//! sink as soon as they are decoded, so memory is one band of MCU rows. Progressive files need
+//! every scan before any block is final, so they keep the whole luma plane
+//! (`blocks x 136` bytes: 25 MB for 12 megapixels).
+
+use super::bits::{skip_scan, BitReader, ScanData};
+use super::huffman::{extend, DecodeTable, LOOKAHEAD};
+use super::markers::{self, invalid, Coding, Frame, Segments};
+use super::tables::{self, QuantTable};
+use crate::error::{Error, Result};
+
+/// One 8x8 block of quantized coefficients in zigzag order.
+#[derive(Clone, Copy)]
+pub(crate) struct Block {
+    pub coef: [i16; 64],
+    /// Bit k is set when `coef[k]` is not zero (bit 0, the DC, may be set either way).
+    pub mask: u64,
+}
+
+impl Block {
+    pub const ZERO: Block = Block { coef: [0; 64], mask: 0 };
+
+    fn compute_mask(&mut self) {
+        self.mask = self.coef.iter().enumerate().fold(0u64, |m, (k, &c)| m | (u64::from(c != 0) << k));
+    }
+}
+
+/// Where decoded luma blocks go, one row of blocks at a time, top to bottom.
+pub(crate) trait LumaSink {
+    /// Called once, before the first row, with the luma quantization table (zigzag order).
+    fn begin(&mut self, quant: &QuantTable) -> Result<()>;
+    /// One row of blocks, as many as the luma plane is wide (`Frame::component_blocks(0).0`).
+    fn row(&mut self, blocks: &[Block]) -> Result<()>;
+}
+
+/// The largest quantized DC a valid 8-bit JPEG holds (the DC of a flat block ranges over
+/// -1024..=1016 before quantization); past it the stream is corrupt.
+const MAX_DC: i32 = 2047;
+/// The largest quantized AC magnitude of an 8-bit JPEG (10 magnitude bits).
+const MAX_AC: i32 = 1023;
+
+/// Decodes the luma coefficients of `data` (whose frame is `frame`) into `sink`.
+///
+/// Requires `frame.coding` to be Huffman sequential or progressive with 8-bit samples, and the
+/// luma component (component 0) to have the largest sampling factors; the caller checks.
+pub(crate) fn decode_luma(data: &[u8], frame: &Frame, sink: &mut impl LumaSink) -> Result<()> {
+    Decoder::new(data, frame).run(sink)
+}
+
+struct Decoder<'a> {
+    data: &'a [u8],
+    frame: &'a Frame,
+    quant: [Option<QuantTable>; 4],
+    dc: [Option<DecodeTable>; 4],
+    ac: [Option<DecodeTable>; 4],
+    /// Whether any DHT was seen; Motion-JPEG frames have none and use the standard tables.
+    saw_dht: bool,
+    restart_interval: usize,
+    scan: ScanData,
+    /// Sequential: the luma scan has been decoded. Progressive: some luma DC scan has.
+    luma_seen: bool,
+    began: bool,
+    /// Progressive only: the whole luma plane, MCU-padded.
+    plane: Vec<Block>,
+}
+
+/// A scan header (SOS).
+struct ScanHeader {
+    /// Frame component index, DC table, AC table; in scan order.
+    components: Vec<(usize, usize, usize)>,
+    ss: usize,
+    se: usize,
+    ah: u8,
+    al: u8,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(data: &'a [u8], frame: &'a Frame) -> Self {
+        Decoder {
+            data,
+            frame,
+            quant: [None; 4],
+            dc: [None, None, None, None],
+            ac: [None, None, None, None],
+            saw_dht: false,
+            restart_interval: 0,
+            scan: ScanData::default(),
+            luma_seen: false,
+            began: false,
+            plane: Vec::new(),
+        }
+    }
+
+    fn run(mut self, sink: &mut impl LumaSink) -> Result<()> {
+        let mut segments = Segments::new(self.data)?;
+        if self.frame.coding == Coding::Progressive {
+            let (w, h) = self.padded_luma_blocks();
+            self.plane = vec![Block::ZERO; w * h];
+        }
+        loop {
+            match segments.next_marker()? {
+                markers::EOI => break,
+                markers::SOS => {
+                    let header = self.parse_scan_header(segments.payload()?)?;
+                    segments.pos = self.decode_scan(&header, segments.pos, sink)?;
+                }
+                markers::DQT => tables::parse_dqt(segments.payload()?, &mut self.quant)?,
+                markers::DHT => {
+                    for (slot, spec) in tables::parse_dht(segments.payload()?)? {
+                        let table = DecodeTable::new(&spec, slot.class == 1)?;
+                        let tables = if slot.class == 0 { &mut self.dc } else { &mut self.ac };
+                        tables[usize::from(slot.id)] = Some(table);
+                    }
+                    self.saw_dht = true;
+                }
+                markers::DRI => {
+                    let p = segments.payload()?;
+                    if p.len() < 2 {
+                        return Err(invalid("restart interval segment is shorter than 2 bytes"));
+                    }
+                    self.restart_interval = usize::from(u16::from_be_bytes([p[0], p[1]]));
+                }
+                markers::DNL => return Err(Error::unsupported("a JPEG whose height is defined later by a DNL marker")),
+                0xD0..=0xD7 | 0x01 => {}
+                _ => {
+                    segments.payload()?;
+                }
+            }
+        }
+        if !self.luma_seen {
+            return Err(invalid("the image ends (EOI) before any scan holding the luma component"));
+        }
+        if self.frame.coding == Coding::Progressive {
+            self.emit_plane(sink)?;
+        }
+        Ok(())
+    }
+
+    /// The luma plane's size in blocks, padded to whole MCUs.
+    fn padded_luma_blocks(&self) -> (usize, usize) {
+        let (mx, my) = self.frame.mcus();
+        let luma = &self.frame.components[0];
+        (mx * usize::from(luma.h), my * usize::from(luma.v))
+    }
+
+    fn parse_scan_header(&mut self, p: &[u8]) -> Result<ScanHeader> {
+        let count = usize::from(*p.first().ok_or_else(|| invalid("empty scan header"))?);
+        if !(1..=4).contains(&count) || p.len() < 1 + 2 * count + 3 {
+            return Err(invalid(format!("scan header of {} bytes for {count} components", p.len())));
+        }
+        let mut components = Vec::with_capacity(count);
+        for c in p[1..1 + 2 * count].chunks_exact(2) {
+            let index = self
+                .frame
+                .components
+                .iter()
+                .position(|fc| fc.id == c[0])
+                .ok_or_else(|| invalid(format!("the scan names component id {}, which the frame does not have", c[0])))?;
+            // B.2.3: a scan lists its components in the frame's order (which also rules out
+            // naming one twice).
+            if components.last().is_some_and(|&(last, _, _)| index <= last) {
+                return Err(invalid(format!("the scan names component id {} out of the frame's order", c[0])));
+            }
+            let (dc, ac) = (usize::from(c[1] >> 4), usize::from(c[1] & 15));
+            if dc > 3 || ac > 3 {
+                return Err(invalid(format!("the scan selects Huffman tables {dc}/{ac}, expected 0 to 3")));
+            }
+            components.push((index, dc, ac));
+        }
+        let tail = &p[1 + 2 * count..];
+        let header = ScanHeader {
+            components,
+            ss: usize::from(tail[0]),
+            se: usize::from(tail[1]),
+            ah: tail[2] >> 4,
+            al: tail[2] & 15,
+        };
+        let ok = match self.frame.coding {
+            Coding::Sequential => header.ss == 0 && header.se == 63 && header.ah == 0 && header.al == 0,
+            Coding::Progressive => {
+                let dc_scan = header.ss == 0 && header.se == 0;
+                let ac_scan = header.ss >= 1 && header.se >= header.ss && header.se <= 63 && count == 1;
+                (dc_scan || ac_scan) && header.ah <= 13 && header.al <= 13
+            }
+        };
+        if !ok {
+            return Err(invalid(format!(
+                "invalid scan parameters for a {:?} JPEG: spectral selection {}..={}, approximation {}/{}",
+                self.frame.coding, header.ss, header.se, header.ah, header.al
+            )));
+        }
+        if count > 1 {
+            let blocks: usize = header
+                .components
+                .iter()
+                .map(|&(i, _, _)| usize::from(self.frame.components[i].h) * usize::from(self.frame.components[i].v))
+                .sum();
+            if blocks > 10 {
+                return Err(invalid(format!("an interleaved scan of {blocks} blocks per MCU, at most 10 are allowed")));
+            }
+        }
+        Ok(header)
+    }
+
+    /// Makes sure the tables a scan uses exist, installing the standard ones where a
+    /// Motion-JPEG frame defined none.
+    fn check_tables(&mut self, header: &ScanHeader, need_dc: bool, need_ac: bool) -> Result<()> {
+        for &(_, dc, ac) in &header.components {
+            if need_dc && self.dc[dc].is_none() {
+                self.dc[dc] = Some(self.default_table(dc, false)?);
+            }
+            if need_ac && self.ac[ac].is_none() {
+                self.ac[ac] = Some(self.default_table(ac, true)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn default_table(&self, id: usize, is_ac: bool) -> Result<DecodeTable> {
+        let kind = if is_ac { "AC" } else { "DC" };
+        let spec = match (self.saw_dht, id, is_ac) {
+            (false, 0, false) => tables::std_dc_luminance(),
+            (false, 0, true) => tables::std_ac_luminance(),
+            (false, 1, false) => tables::std_dc_chrominance(),
+            (false, 1, true) => tables::std_ac_chrominance(),
+            _ => return Err(invalid(format!("the scan uses {kind} Huffman table {id}, which was never defined"))),
+        };
+        DecodeTable::new(&spec, is_ac)
+    }
+
+    /// Decodes (or skips) one scan starting at `start`; returns the position of the marker after it.
+    fn decode_scan(&mut self, header: &ScanHeader, start: usize, sink: &mut impl LumaSink) -> Result<usize> {
+        let has_luma = header.components.iter().any(|&(i, _, _)| i == 0);
+        if !has_luma {
+            return skip_scan(self.data, start);
+        }
+        let quant_id = usize::from(self.frame.components[0].quant_table);
+        if !self.began {
+            let quant = self.quant[quant_id]
+                .ok_or_else(|| invalid(format!("the luma component uses quantization table {quant_id}, which was never defined")))?;
+            sink.begin(&quant)?;
+            self.began = true;
+        }
+        let end = {
+            let mut scan = std::mem::take(&mut self.scan);
+            let end = scan.extract(self.data, start)?;
+            let result = match self.frame.coding {
+                Coding::Sequential => self.sequential_scan(header, &scan, sink),
+                Coding::Progressive => self.progressive_scan(header, &scan),
+            };
+            self.scan = scan;
+            result?;
+            end
+        };
+        Ok(end)
+    }
+
+    /// MCU geometry of a scan: MCUs across and down, and for each scan component its blocks per
+    /// MCU across and down. A scan of one component has one block per MCU and covers only the
+    /// component's own blocks.
+    fn scan_geometry(&self, header: &ScanHeader) -> (usize, usize, Vec<(usize, usize)>) {
+        if header.components.len() == 1 {
+            let (w, h) = self.frame.component_blocks(header.components[0].0);
+            (w, h, vec![(1, 1)])
+        } else {
+            let (mx, my) = self.frame.mcus();
+            let sizes = header
+                .components
+                .iter()
+                .map(|&(i, _, _)| (usize::from(self.frame.components[i].h), usize::from(self.frame.components[i].v)))
+                .collect();
+            (mx, my, sizes)
+        }
+    }
+
+    fn sequential_scan(&mut self, header: &ScanHeader, scan: &ScanData, sink: &mut impl LumaSink) -> Result<()> {
+        if self.luma_seen {
+            return Err(invalid("a second sequential scan holds the luma component"));
+        }
+        self.luma_seen = true;
+        self.check_tables(header, true, true)?;
+        let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
+        let luma_pos = header.components.iter().position(|&(i, _, _)| i == 0).expect("scan has luma");
+        let (luma_h, luma_v) = sizes[luma_pos];
+        let stride = mcus_x * luma_h;
+        let (blocks_w, blocks_h) = self.frame.component_blocks(0);
+        let mut band = vec![Block::ZERO; stride * luma_v];
+        let tables: Vec<(&DecodeTable, &DecodeTable)> = header
+            .components
+            .iter()
+            .map(|&(_, dc, ac)| (self.dc[dc].as_ref().expect("checked"), self.ac[ac].as_ref().expect("checked")))
+            .collect();
+        let mut reader = BitReader::new(&scan.bytes, 0);
+        let mut preds = [0i32; 4];
+        let mut interval = 0usize;
+        let mut mcu_index = 0usize;
+        for mcu_y in 0..mcus_y {
+            for mcu_x in 0..mcus_x {
+                if self.restart_interval > 0 && mcu_index > 0 && mcu_index % self.restart_interval == 0 {
+                    restart(&mut reader, scan, &mut interval)?;
+                    preds = [0; 4];
+                }
+                mcu_index += 1;
+                for (c, &(h, v)) in sizes.iter().enumerate() {
+                    let (dc, ac) = tables[c];
+                    for by in 0..v {
+                        for bx in 0..h {
+                            if c == luma_pos {
+                                let block = &mut band[by * stride + mcu_x * h + bx];
+                                decode_block(&mut reader, dc, ac, &mut preds[c], block)?;
+                            } else {
+                                skip_block(&mut reader, dc, ac)?;
+                            }
+                        }
+                    }
+                }
+            }
+            if reader.overran(scan.interval_end(interval)) {
+                return Err(truncated());
+            }
+            for (r, row) in band.chunks_exact(stride).enumerate() {
+                if mcu_y * luma_v + r < blocks_h {
+                    sink.row(&row[..blocks_w])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn progressive_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        let dc_scan = header.ss == 0;
+        self.check_tables(header, dc_scan && header.ah == 0, !dc_scan)?;
+        if dc_scan {
+            self.luma_seen = true;
+        }
+        let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
+        let (stride, _) = self.padded_luma_blocks();
+        let mut reader = BitReader::new(&scan.bytes, 0);
+        let mut preds = [0i32; 4];
+        let mut eob_run = 0u32;
+        let mut interval = 0usize;
+        let mut mcu_index = 0usize;
+        let luma_pos = header.components.iter().position(|&(i, _, _)| i == 0).expect("scan has luma");
+        for mcu_y in 0..mcus_y {
+            for mcu_x in 0..mcus_x {
+                if self.restart_interval > 0 && mcu_index > 0 && mcu_index % self.restart_interval == 0 {
+                    restart(&mut reader, scan, &mut interval)?;
+                    preds = [0; 4];
+                    eob_run = 0;
+                }
+                mcu_index += 1;
+                for (c, &(h, v)) in sizes.iter().enumerate() {
+                    let (_, dc_id, ac_id) = header.components[c];
+                    for by in 0..v {
+                        for bx in 0..h {
+                            let block = (c == luma_pos).then(|| {
+                                let index = (mcu_y * v + by) * stride + mcu_x * h + bx;
+                                &mut self.plane[index].coef
+                            });
+                            match (dc_scan, header.ah) {
+                                (true, 0) => {
+                                    let table = self.dc[dc_id].as_ref().expect("checked");
+                                    dc_first(&mut reader, table, &mut preds[c], header.al, block)?;
+                                }
+                                (true, _) => {
+                                    if reader.bit() {
+                                        if let Some(coef) = block {
+                                            coef[0] |= 1 << header.al;
+                                        }
+                                    }
+                                }
+                                (false, 0) => {
+                                    let table = self.ac[ac_id].as_ref().expect("checked");
+                                    let coef = block.expect("AC scans hold only luma");
+                                    ac_first(&mut reader, table, header, &mut eob_run, coef)?;
+                                }
+                                (false, _) => {
+                                    let table = self.ac[ac_id].as_ref().expect("checked");
+                                    let coef = block.expect("AC scans hold only luma");
+                                    ac_refine(&mut reader, table, header, &mut eob_run, coef)?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if reader.overran(scan.interval_end(interval)) {
+                return Err(truncated());
+            }
+        }
+        Ok(())
+    }
+
+    /// Progressive: all scans are in; hand the plane to the sink row by row.
+    fn emit_plane(&mut self, sink: &mut impl LumaSink) -> Result<()> {
+        let (stride, _) = self.padded_luma_blocks();
+        let (blocks_w, blocks_h) = self.frame.component_blocks(0);
+        for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
+            let row = &mut row[..blocks_w];
+            for block in row.iter_mut() {
+                let dc_ok = i32::from(block.coef[0]).abs() <= MAX_DC;
+                if !dc_ok || block.coef[1..].iter().any(|&c| i32::from(c).abs() > MAX_AC) {
+                    return Err(invalid("corrupt progressive data: a coefficient beyond the 8-bit range"));
+                }
+                block.compute_mask();
+            }
+            sink.row(row)?;
+        }
+        Ok(())
+    }
+}
+
+fn truncated() -> Error {
+    invalid("truncated or corrupt entropy-coded data: the scan needs more bits than the file holds")
+}
+
+/// Moves the reader to the next restart interval, checking the one just finished.
+fn restart(reader: &mut BitReader, scan: &ScanData, interval: &mut usize) -> Result<()> {
+    if reader.overran(scan.interval_end(*interval)) {
+        return Err(truncated());
+    }
+    let next = *scan
+        .restarts
+        .get(*interval)
+        .ok_or_else(|| invalid(format!("expected restart marker {} in the entropy-coded data, found none", *interval + 1)))?;
+    *interval += 1;
+    reader.restart_at(next);
+    Ok(())
+}
+
+/// Decodes one DC difference: the magnitude category, then its bits.
+#[inline(always)]
+fn dc_diff(reader: &mut BitReader, table: &DecodeTable) -> Result<i32> {
+    reader.ensure(32);
+    let (size, len) = table.decode(reader.peek())?;
+    reader.consume(len);
+    let size = u32::from(size);
+    if size > 11 {
+        return Err(invalid(format!("a DC difference of {size} bits, at most 11 exist in 8-bit JPEG")));
+    }
+    Ok(if size == 0 { 0 } else { extend(reader.take(size), size) })
+}
+
+#[inline(always)]
+fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
+    *pred += diff;
+    if pred.abs() > MAX_DC {
+        return Err(invalid(format!("corrupt entropy-coded data: a DC coefficient of {pred}")));
+    }
+    Ok(*pred)
+}
+
+/// Sequential: one luma block, into `block` (zeroed first).
+#[inline(always)]
+fn decode_block(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable, pred: &mut i32, block: &mut Block) -> Result<()> {
+    block.coef = [0; 64];
+    let diff = dc_diff(reader, dc)?;
+    block.coef[0] = add_dc(pred, diff)? as i16;
+    let mut mask = 1u64;
+    let mut k = 1usize;
+    while k < 64 {
+        reader.ensure(32);
+        let bits = reader.peek();
+        let fused = ac.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+        if fused != 0 {
+            k += ((fused >> 8) & 15) as usize;
+            reader.consume(fused & 0xFF);
+            if k > 63 {
+                return Err(coefficient_overflow());
+            }
+            block.coef[k] = (fused >> 16) as i16;
+            mask |= 1 << k;
+            k += 1;
+            continue;
+        }
+        let (symbol, len) = ac.decode(bits)?;
+        reader.consume(len);
+        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+        if size == 0 {
+            if run == 15 {
+                k += 16;
+                continue;
+            }
+            break;
+        }
+        if size > 10 {
+            return Err(invalid(format!("an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG")));
+        }
+        k += run;
+        if k > 63 {
+            return Err(coefficient_overflow());
+        }
+        block.coef[k] = extend(reader.take(size), size) as i16;
+        mask |= 1 << k;
+        k += 1;
+    }
+    if k > 64 {
+        return Err(coefficient_overflow());
+    }
+    block.mask = mask;
+    Ok(())
+}
+
+/// Sequential: walks over one block of another component, keeping nothing.
+#[inline(always)]
+fn skip_block(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    dc_diff(reader, dc)?;
+    let mut k = 1usize;
+    while k < 64 {
+        reader.ensure(32);
+        let bits = reader.peek();
+        let fused = ac.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+        if fused != 0 {
+            k += ((fused >> 8) & 15) as usize + 1;
+            reader.consume(fused & 0xFF);
+            continue;
+        }
+        let (symbol, len) = ac.decode(bits)?;
+        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+        if size == 0 {
+            reader.consume(len);
+            if run == 15 {
+                k += 16;
+                continue;
+            }
+            break;
+        }
+        reader.consume(len + size);
+        k += run + 1;
+    }
+    if k > 64 {
+        return Err(coefficient_overflow());
+    }
+    Ok(())
+}
+
+fn coefficient_overflow() -> Error {
+    invalid("corrupt entropy-coded data: a run of coefficients past the end of its block")
+}
+
+/// Progressive, first DC scan.
+fn dc_first(reader: &mut BitReader, table: &DecodeTable, pred: &mut i32, al: u8, block: Option<&mut [i16; 64]>) -> Result<()> {
+    let diff = dc_diff(reader, table)?;
+    add_dc(pred, diff)?;
+    if let Some(coef) = block {
+        let value = *pred << al;
+        if value.abs() > MAX_DC {
+            return Err(invalid(format!("corrupt progressive data: a DC coefficient of {value}")));
+        }
+        coef[0] = value as i16;
+    }
+    Ok(())
+}
+
+/// Reads an end-of-band run length: `1 << r` plus `r` more bits.
+fn eob_run_length(reader: &mut BitReader, r: u32) -> u32 {
+    (1 << r) + reader.take_checked(r)
+}
+
+/// Progressive, first AC scan of a band (G.1.2.2).
+fn ac_first(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob_run: &mut u32, coef: &mut [i16; 64]) -> Result<()> {
+    if *eob_run > 0 {
+        *eob_run -= 1;
+        return Ok(());
+    }
+    let mut k = scan.ss;
+    while k <= scan.se {
+        reader.ensure(32);
+        let (symbol, len) = table.decode(reader.peek())?;
+        reader.consume(len);
+        let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+        if size == 0 {
+            if run == 15 {
+                k += 16;
+                continue;
+            }
+            *eob_run = eob_run_length(reader, run) - 1;
+            break;
+        }
+        k += run as usize;
+        if k > scan.se {
+            return Err(coefficient_overflow());
+        }
+        let value = extend(reader.take(size), size) << scan.al;
+        if value.abs() > MAX_AC {
+            return Err(invalid(format!("corrupt progressive data: an AC coefficient of {value}")));
+        }
+        coef[k] = value as i16;
+        k += 1;
+    }
+    Ok(())
+}
+
+/// Progressive, refining AC scan of a band (G.1.2.3), as libjpeg's `decode_mcu_AC_refine`.
+fn ac_refine(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob_run: &mut u32, coef: &mut [i16; 64]) -> Result<()> {
+    let p1 = 1i16 << scan.al;
+    let m1 = -1i16 << scan.al;
+    let mut k = scan.ss;
+    // Adds one refinement bit to a coefficient already nonzero.
+    let refine = |reader: &mut BitReader, c: &mut i16| {
+        if reader.bit() && (*c & p1) == 0 {
+            *c += if *c >= 0 { p1 } else { m1 };
+        }
+    };
+    if *eob_run == 0 {
+        while k <= scan.se {
+            reader.ensure(32);
+            let (symbol, len) = table.decode(reader.peek())?;
+            reader.consume(len);
+            let (mut run, size) = (i32::from(symbol >> 4), symbol & 15);
+            let mut value = 0i16;
+            if size != 0 {
+                if size != 1 {
+                    return Err(invalid(format!("corrupt progressive refinement: a coefficient of {size} bits, expected 1")));
+                }
+                value = if reader.bit() { p1 } else { m1 };
+            } else if run != 15 {
+                *eob_run = eob_run_length(reader, run as u32);
+                break;
+            }
+            // Skip `run` zero coefficients (refining the nonzero ones passed), then place `value`.
+            while k <= scan.se {
+                let c = &mut coef[k];
+                if *c != 0 {
+                    refine(reader, c);
+                } else {
+                    if run == 0 {
+                        break;
+                    }
+                    run -= 1;
+                }
+                k += 1;
+            }
+            if value != 0 {
+                if k > scan.se {
+                    return Err(coefficient_overflow());
+                }
+                coef[k] = value;
+            }
+            k += 1;
+        }
+    }
+    if *eob_run > 0 {
+        for c in &mut coef[k..=scan.se] {
+            if *c != 0 {
+                refine(reader, c);
+            }
+        }
+        *eob_run -= 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Huffman tables built for speed: decoding by table lookup, encoding by one combined write.
+
+use super::markers::invalid;
+use super::tables::HuffmanSpec;
+use crate::error::Result;
+
+/// Bits looked at at once. 10 bits resolve almost every code of camera JPEGs in one step and keep
+/// a table at 4 KiB, well inside L1 with four tables live.
+pub(crate) const LOOKAHEAD: u32 = 10;
+const SIZE: usize = 1 << LOOKAHEAD;
+
+/// A decoding table.
+pub(crate) struct DecodeTable {
+    /// By the next LOOKAHEAD bits: `(code length << 8) | symbol`, or 0 when the code is longer.
+    lookup: Box<[u16; SIZE]>,
+    /// AC only, by the next LOOKAHEAD bits: a whole coefficient, when its code and magnitude bits
+    /// both fit: `value << 16 | run << 8 | bits used`; 0 otherwise (EOB, ZRL, or too long).
+    pub fused: Box<[u32; SIZE]>,
+    /// The largest code of each length 0..=16 (-1 when none), for codes longer than LOOKAHEAD.
+    max_code: [i32; 17],
+    /// Added to a code of each length to index `symbols`.
+    offset: [i32; 17],
+    symbols: [u8; 256],
+}
+
+/// `value` read as the `size`-bit magnitude of a JPEG coefficient (the EXTEND procedure, F.2.2.1).
+#[inline(always)]
+pub(crate) fn extend(value: u32, size: u32) -> i32 {
+    let v = value as i32;
+    if v < (1 << size) >> 1 { v - (1 << size) + 1 } else { v }
+}
+
+impl DecodeTable {
+    pub fn new(spec: &HuffmanSpec, is_ac: bool) -> Result<DecodeTable> {
+        let codes = spec.codes()?;
+        let mut table = DecodeTable {
+            lookup: Box::new([0; SIZE]),
+            fused: Box::new([0; SIZE]),
+            max_code: [-1; 17],
+            offset: [0; 17],
+            symbols: [0; 256],
+        };
+        table.symbols[..spec.symbols.len()].copy_from_slice(&spec.symbols);
+        let mut index = 0usize;
+        for len in 1..=16usize {
+            let count = usize::from(spec.counts[len - 1]);
+            if count > 0 {
+                let first = i32::from(codes[index].0);
+                table.offset[len] = index as i32 - first;
+                table.max_code[len] = first + count as i32 - 1;
+            }
+            index += count;
+        }
+        for (&(code, len), &symbol) in codes.iter().zip(&spec.symbols) {
+            let len = u32::from(len);
+            if len > LOOKAHEAD {
+                continue;
+            }
+            let shift = LOOKAHEAD - len;
+            let first = usize::from(code) << shift;
+            for peek in first..first + (1 << shift) {
+                table.lookup[peek] = ((len as u16) << 8) | u16::from(symbol);
+                let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+                if is_ac && size > 0 && len + size <= LOOKAHEAD {
+                    let bits = (peek >> (LOOKAHEAD - len - size)) as u32 & ((1 << size) - 1);
+                    let value = extend(bits, size) as i16;
+                    table.fused[peek] = (u32::from(value as u16) << 16) | (run << 8) | (len + size);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// Decodes one symbol from the top of `bits` (MSB-aligned, at least 16 valid bits):
+    /// `(symbol, code length)`.
+    #[inline(always)]
+    pub fn decode(&self, bits: u64) -> Result<(u8, u32)> {
+        let entry = self.lookup[(bits >> (64 - LOOKAHEAD)) as usize];
+        if entry != 0 {
+            return Ok((entry as u8, u32::from(entry >> 8)));
+        }
+        self.decode_long(bits)
+    }
+
+    #[cold]
+    fn decode_long(&self, bits: u64) -> Result<(u8, u32)> {
+        for len in LOOKAHEAD as usize + 1..=16 {
+            let code = (bits >> (64 - len)) as i32;
+            if code <= self.max_code[len] {
+                return Ok((self.symbols[(code + self.offset[len]) as usize], len as u32));
+            }
+        }
+        Err(invalid("corrupt entropy-coded data: a bit pattern that is no Huffman code of the table"))
+    }
+}
+
+/// An encoding table: code and length for every symbol.
+pub(crate) struct EncodeTable {
+    /// `(code << 8) | length` by symbol; length 0 when the table has no code for it.
+    codes: [u32; 256],
+}
+
+impl EncodeTable {
+    pub fn new(spec: &HuffmanSpec) -> Result<EncodeTable> {
+        let mut codes = [0u32; 256];
+        for (&(code, len), &symbol) in spec.codes()?.iter().zip(&spec.symbols) {
+            codes[usize::from(symbol)] = (u32::from(code) << 8) | u32::from(len);
+        }
+        Ok(EncodeTable { codes })
+    }
+
+    /// `(code, length)` of `symbol`.
+    #[inline(always)]
+    pub fn code(&self, symbol: u8) -> (u32, u32) {
+        let entry = self.codes[usize::from(symbol)];
+        (entry >> 8, entry & 0xFF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tables::{std_ac_luminance, std_dc_luminance};
+    use super::*;
+
+    #[test]
+    fn extend_follows_the_standard() {
+        assert_eq!(extend(0, 1), -1);
+        assert_eq!(extend(1, 1), 1);
+        assert_eq!(extend(0, 3), -7);
+        assert_eq!(extend(3, 3), -4);
+        assert_eq!(extend(4, 3), 4);
+        assert_eq!(extend(0, 0), 0);
+    }
+
+    #[test]
+    fn every_code_decodes_to_its_symbol() {
+        for (spec, ac) in [(std_dc_luminance(), false), (std_ac_luminance(), true)] {
+            let decode = DecodeTable::new(&spec, ac).unwrap();
+            let encode = EncodeTable::new(&spec).unwrap();
+            for &symbol in &spec.symbols {
+                let (code, len) = encode.code(symbol);
+                // The code at the top of the word, followed by ones.
+                let bits = (u64::from(code) << (64 - len)) | (u64::MAX >> len);
+                assert_eq!(decode.decode(bits).unwrap(), (symbol, len), "symbol {symbol:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_entries_hold_the_whole_coefficient() {
+        let spec = std_ac_luminance();
+        let decode = DecodeTable::new(&spec, true).unwrap();
+        let encode = EncodeTable::new(&spec).unwrap();
+        // 0x01 (run 0, size 1) is "00": followed by bit 0 -> value -1, by 1 -> +1.
+        let (code, len) = encode.code(0x01);
+        assert_eq!((code, len), (0, 2));
+        let entry = decode.fused[0b001 << (LOOKAHEAD - 3)];
+        assert_eq!((entry >> 16) as u16 as i16, 1);
+        assert_eq!(entry & 0xFF, 3);
+        let entry = decode.fused[0];
+        assert_eq!((entry >> 16) as u16 as i16, -1);
+    }
+}

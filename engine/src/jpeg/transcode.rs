@@ -1,0 +1,122 @@
+//! The two sinks of decoded luma blocks: straight to an output JPEG (the coefficient path), or
+//! through the inverse DCT to a luma plane (the pixel path); and the pixel path's encoder.
+
+use std::time::{Duration, Instant};
+
+use super::decoder::{Block, LumaSink};
+use super::encoder::{output_table, GrayJpegWriter, Requantizer};
+use super::fdct::{fdct_block, Quantizer};
+use super::idct::idct_block;
+use super::tables::{luminance_table, QuantTable};
+use crate::error::Result;
+use crate::Orientation;
+
+/// Writes each luma block to the output as it arrives, requantized inside the encoding loop.
+pub(crate) struct Transcoder {
+    width: u32,
+    height: u32,
+    orientation: Orientation,
+    /// `None` keeps the source's quantization.
+    quality: Option<u8>,
+    capacity: usize,
+    output: Option<(GrayJpegWriter, Requantizer)>,
+    /// Time spent requantizing and entropy-encoding (the rest of a transcode is decoding).
+    pub encode_time: Duration,
+}
+
+impl Transcoder {
+    pub fn new(width: u32, height: u32, orientation: Orientation, quality: Option<u8>, capacity: usize) -> Self {
+        Transcoder { width, height, orientation, quality, capacity, output: None, encode_time: Duration::ZERO }
+    }
+
+    pub fn finish(self) -> Option<Vec<u8>> {
+        self.output.map(|(writer, _)| writer.finish())
+    }
+}
+
+impl LumaSink for Transcoder {
+    fn begin(&mut self, quant: &QuantTable) -> Result<()> {
+        let table = output_table(self.quality, quant);
+        let writer = GrayJpegWriter::new(self.width, self.height, &table, self.orientation, self.capacity)?;
+        self.output = Some((writer, Requantizer::new(quant, &table)));
+        Ok(())
+    }
+
+    fn row(&mut self, blocks: &[Block]) -> Result<()> {
+        let start = Instant::now();
+        let (writer, requantizer) = self.output.as_mut().expect("begin precedes rows");
+        for block in blocks {
+            writer.write_block(block, |k, v| requantizer.apply(k, v))?;
+        }
+        self.encode_time += start.elapsed();
+        Ok(())
+    }
+}
+
+/// Runs the inverse DCT over each block into a luma plane (padded to whole blocks).
+pub(crate) struct PlaneBuilder {
+    stride: usize,
+    plane: Vec<u8>,
+    quant: QuantTable,
+    rows: usize,
+}
+
+impl PlaneBuilder {
+    pub fn new(blocks_w: usize, blocks_h: usize) -> Self {
+        PlaneBuilder { stride: blocks_w * 8, plane: vec![0; blocks_w * blocks_h * 64], quant: [0; 64], rows: 0 }
+    }
+
+    /// The `width` x `height` plane, without the padding.
+    pub fn finish(self, width: usize, height: usize) -> Vec<u8> {
+        if self.stride == width {
+            let mut plane = self.plane;
+            plane.truncate(width * height);
+            return plane;
+        }
+        self.plane.chunks_exact(self.stride).take(height).flat_map(|line| &line[..width]).copied().collect()
+    }
+}
+
+impl LumaSink for PlaneBuilder {
+    fn begin(&mut self, quant: &QuantTable) -> Result<()> {
+        self.quant = *quant;
+        Ok(())
+    }
+
+    fn row(&mut self, blocks: &[Block]) -> Result<()> {
+        let base = self.rows * 8 * self.stride;
+        for (i, block) in blocks.iter().enumerate() {
+            idct_block(block, &self.quant, &mut self.plane[base + i * 8..], self.stride);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+/// Encodes a `width` x `height` luma plane as a one-channel JPEG at `quality`: forward DCT,
+/// quantization, and the same entropy coder as the coefficient path. Partial blocks at the
+/// right and bottom edges repeat the last column and row, as libjpeg does.
+pub(crate) fn encode_plane(plane: &[u8], width: usize, height: usize, quality: u8, orientation: Orientation) -> Result<Vec<u8>> {
+    let table = luminance_table(quality);
+    let quantizer = Quantizer::new(&table);
+    let mut writer = GrayJpegWriter::new(width as u32, height as u32, &table, orientation, plane.len() / 6 + 1024)?;
+    let mut samples = [0u8; 64];
+    let mut block = Block::ZERO;
+    for by in 0..height.div_ceil(8) {
+        for bx in 0..width.div_ceil(8) {
+            let full = (bx + 1) * 8 <= width && (by + 1) * 8 <= height;
+            let (source, stride) = if full {
+                (&plane[by * 8 * width + bx * 8..], width)
+            } else {
+                for (i, sample) in samples.iter_mut().enumerate() {
+                    let (y, x) = ((by * 8 + i / 8).min(height - 1), (bx * 8 + i % 8).min(width - 1));
+                    *sample = plane[y * width + x];
+                }
+                (&samples[..], 8)
+            };
+            fdct_block(source, stride, &quantizer, &mut block);
+            writer.write_block(&block, |_, v| i32::from(v))?;
+        }
+    }
+    Ok(writer.finish())
+}

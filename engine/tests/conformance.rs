@@ -1,0 +1,142 @@
+//! The corpus conformance sweep: every file in MANIFEST.tsv does what its `expect` column says,
+//! and every output is checked against a reference luma from an independent decoder.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use cloudimg_engine::batch::Pool;
+use cloudimg_engine::{convert, Options};
+use support::{decode_output, manifest, psnr, reference_luma, Entry};
+
+/// Every photo in `bench/` and `bench-progressive/` must reach this PSNR at quality 85.
+const PHOTO_MIN_DB: f64 = 38.0;
+/// The reference run's pillow-seed mean over `bench/` (47.2 dB); the engine's mean may not fall
+/// more than 0.3 dB below it. (It may be higher: the coefficient path skips a pixel round trip.)
+const SEED_MEAN_DB: f64 = 47.2;
+
+/// The lowest PSNR each other class of `ok` files reaches, measured on this corpus (the lowest
+/// file of the class, rounded down) and kept as the bound: a drop below it is a regression.
+/// Measured with `cargo test -p cloudimg-engine --test conformance -- --nocapture`, which prints
+/// the per-class table.
+///
+/// The low ones are tiny synthetic images (PngSuite's 5x5 palette patterns, a 32x23 progressive
+/// test card, a 4x4 JPEG) whose hard edges at quality 85 cost PSNR in any JPEG encoder.
+fn class_min_db(class: &str) -> f64 {
+    match class {
+        "bad/jpeg/exif" => 41.5,
+        "conformance/jpeg/cmyk" => 36.5,
+        "conformance/jpeg/colorspace" => 51.0,
+        "conformance/jpeg/exif_orientation" => 34.0,
+        "conformance/jpeg/grayscale" => 40.5,
+        "conformance/jpeg/icc" => 40.0,
+        "conformance/jpeg/misc" => 36.0,
+        "conformance/jpeg/multi_image" => 44.0,
+        "conformance/jpeg/odd_size" => 32.0,
+        "conformance/jpeg/precision" => 49.0,
+        "conformance/jpeg/progressive" => 31.0,
+        "conformance/jpeg/restart" => 41.0,
+        "conformance/jpeg/subsampling" => 34.5,
+        "conformance/png/pngsuite" => 30.0,
+        "conformance/png/real" => 33.0,
+        // A class the table does not know yet must be measured and added, not waved through.
+        _ => f64::INFINITY,
+    }
+}
+
+/// What one file did.
+enum Outcome {
+    /// Converted and checked; PSNR against the reference where one exists.
+    Converted { psnr: Option<f64> },
+    /// Refused with an error.
+    Refused,
+}
+
+fn check(root: &std::path::Path, entry: &Entry) -> Result<Outcome, String> {
+    let data = std::fs::read(root.join(&entry.path)).map_err(|e| format!("cannot read: {e}"))?;
+    let result = catch_unwind(AssertUnwindSafe(|| convert(&data, &Options::default())))
+        .map_err(|panic| format!("PANICKED: {:?}", panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied())))?;
+    let converted = match (entry.expect.as_str(), result) {
+        ("reject", Ok(c)) => return Err(format!("accepted a file marked reject ({}x{})", c.width, c.height)),
+        ("ok", Err(e)) => return Err(format!("refused a file marked ok: {e}")),
+        (_, Err(_)) => return Ok(Outcome::Refused),
+        (_, Ok(c)) => c,
+    };
+    // Whatever was accepted must be a one-channel JPEG that displays at the source's size.
+    let output = decode_output(&converted.data)?;
+    if output.channels != 1 {
+        return Err(format!("output has {} channels, expected 1", output.channels));
+    }
+    let stored = (output.gray.width as u32, output.gray.height as u32);
+    let displayed = if output.orientation >= 5 { (stored.1, stored.0) } else { stored };
+    if entry.expect == "ok" && displayed != entry.displayed() {
+        return Err(format!(
+            "output displays at {}x{} (stored {}x{}, orientation {}), the source at {}x{}",
+            displayed.0, displayed.1, stored.0, stored.1, output.orientation, entry.displayed().0, entry.displayed().1
+        ));
+    }
+    if entry.expect != "ok" {
+        return Ok(Outcome::Converted { psnr: None });
+    }
+    let reference = reference_luma(&data).map_err(|e| format!("reference decoder failed: {e}"))?;
+    if (reference.width, reference.height) != (output.gray.width, output.gray.height) {
+        return Err(format!(
+            "output stored as {}x{}, the reference decodes {}x{}",
+            output.gray.width, output.gray.height, reference.width, reference.height
+        ));
+    }
+    Ok(Outcome::Converted { psnr: Some(psnr(&output.gray, &reference)) })
+}
+
+#[test]
+fn every_manifest_entry_behaves_as_expected() {
+    let Some(root) = support::corpus() else { return };
+    let entries = manifest(&root);
+    assert!(entries.len() > 600, "the manifest lists {} files, expected the whole corpus", entries.len());
+    let pool = Pool::new(0).expect("pool");
+    let outcomes = pool.map(&entries, |entry| check(&root, entry));
+
+    let mut failures = Vec::new();
+    let mut by_class: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let (mut refused, mut converted) = (0, 0);
+    for (entry, outcome) in entries.iter().zip(&outcomes) {
+        match outcome {
+            Err(reason) => failures.push(format!("{} [{}]: {reason}", entry.path, entry.expect)),
+            Ok(Outcome::Refused) => refused += 1,
+            Ok(Outcome::Converted { psnr }) => {
+                converted += 1;
+                let Some(db) = *psnr else { continue };
+                let class = entry.class();
+                let bound = match class.as_str() {
+                    "bench" | "bench-progressive" => PHOTO_MIN_DB,
+                    other => class_min_db(other),
+                };
+                if db < bound {
+                    failures.push(format!("{} [ok]: PSNR {db:.2} dB, below the bound of {bound} dB for {class}", entry.path));
+                }
+                if std::env::var_os("CONFORMANCE_LIST").is_some() {
+                    println!("{db:8.2} {}", entry.path);
+                }
+                by_class.entry(class).or_default().push(db);
+            }
+        }
+    }
+    println!("{converted} converted, {refused} refused, {} mismatches", failures.len());
+    println!("{:<40} {:>5} {:>9} {:>9}", "class (ok files)", "files", "min dB", "mean dB");
+    for (class, dbs) in &by_class {
+        let finite: Vec<f64> = dbs.iter().copied().filter(|d| d.is_finite()).collect();
+        let min = dbs.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = if finite.is_empty() { f64::INFINITY } else { finite.iter().sum::<f64>() / finite.len() as f64 };
+        println!("{class:<40} {:>5} {min:>9.2} {mean:>9.2}", dbs.len());
+    }
+    if let Some(bench) = by_class.get("bench") {
+        let mean = bench.iter().sum::<f64>() / bench.len() as f64;
+        if mean < SEED_MEAN_DB - 0.3 {
+            failures.push(format!("mean PSNR over bench/ is {mean:.2} dB, more than 0.3 dB below the seed's {SEED_MEAN_DB}"));
+        }
+    } else {
+        failures.push("no bench/ photo was checked".into());
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
