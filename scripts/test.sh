@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine: installs and starts what is missing, runs the checks,
 # and stops and deletes what it started. This is the README's test command; .ci/run calls it.
+#
+# Services: RabbitMQ on 127.0.0.1:5672 (installed from apt and started only when nothing listens
+# there; never stopped), and moto_server (moto[server]==5.2.1 from PyPI when missing) on a free
+# loopback port as the S3 endpoint (started here, stopped on exit). Every run uses its own queue
+# prefix, and the queues left behind are deleted on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -11,14 +16,75 @@ export CLOUDIMG_CORPUS="${CLOUDIMG_CORPUS:-$root/../shared/corpus}"
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
+}
+
 need_apt=()
 command -v djpeg >/dev/null && command -v jpegtran >/dev/null || need_apt+=(libjpeg-turbo-progs)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
-        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null; }
+    apt_install "${need_apt[@]}"
 fi
 
+# ---- services -----------------------------------------------------------------------------------
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        port_open "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+if ! port_open 5672; then
+    if ! command -v rabbitmq-server >/dev/null; then
+        say "installing rabbitmq-server"
+        apt_install rabbitmq-server
+    fi
+    if ! wait_port 5672 5; then
+        say "starting RabbitMQ"
+        rabbitmq-server -detached || service rabbitmq-server start || true
+    fi
+    wait_port 5672 120 || { echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1; }
+fi
+
+if ! command -v moto_server >/dev/null \
+    || [[ "$(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null)" != 5.2.1 ]]; then
+    say "installing moto[server]==5.2.1"
+    python3 -m pip install -q 'moto[server]==5.2.1'
+    hash -r
+fi
+
+run_dir=$(mktemp -d /tmp/cloudimg-test.XXXXXX)
+moto_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+moto_server -H 127.0.0.1 -p "$moto_port" >"$run_dir/moto.log" 2>&1 &
+moto_pid=$!
+
+export CLOUDIMG_TEST_QUEUE="cloudimg-test-$$-$RANDOM"
+
+cleanup() {
+    local status=$?
+    kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null || true
+    if command -v rabbitmqctl >/dev/null; then
+        rabbitmqctl -q list_queues name 2>/dev/null | grep "^$CLOUDIMG_TEST_QUEUE" \
+            | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+    fi
+    rm -rf "$run_dir"
+    exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+wait_port "$moto_port" 60 || { cat "$run_dir/moto.log" >&2; echo "moto_server did not start" >&2; exit 1; }
+export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+unset AMQP_URL RABBIT_HOST BUCKET_NAME CLOUDIMG_OUT_DIR CLOUDIMG_QUEUE CLOUDIMG_PRODUCER || true
+say "services: RabbitMQ 127.0.0.1:5672, S3 (moto) $AWS_ENDPOINT_URL, queue prefix $CLOUDIMG_TEST_QUEUE"
+
+# ---- checks -------------------------------------------------------------------------------------
 say "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -26,5 +92,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "tests"
 cargo test --workspace --all-targets --quiet
 cargo test --workspace --doc --quiet
+
+if [[ -f cloudformation/check.sh ]]; then
+    say "cloudformation checks"
+    bash cloudformation/check.sh
+fi
 
 say "all tests passed"

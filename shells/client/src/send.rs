@@ -1,0 +1,478 @@
+//! `cloudimg send`: upload files and folders to a producer, optionally wait for the results.
+
+use std::io::{IsTerminal, Write};
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cloudimg_runtime::proto::image_service_client::ImageServiceClient;
+use cloudimg_runtime::proto::{
+    ConvertOptions, GetJobRequest, JobState, UploadMetadata, UploadRequest, upload_request,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::inputs::{self, Input};
+
+/// Chunk size of an upload: well under gRPC's customary 4 MiB message limit, large enough that
+/// framing costs nothing.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The producer when nothing is given.
+pub const DEFAULT_PRODUCER: &str = "127.0.0.1:50051";
+
+/// What `send` does, typed.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    pub paths: Vec<PathBuf>,
+    /// `HOST:PORT` or an `http://`/`https://` URL.
+    pub producer: String,
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+    /// Wait for every job to be done or failed, up to this long (from the start of the command).
+    pub wait: Option<Duration>,
+    /// JSON Lines on stdout instead of text.
+    pub json: bool,
+    pub options: ConvertOptions,
+    pub token: Option<String>,
+    /// Adds `latency_ms` (upload start to the last status) to each JSON line; for benchmarks.
+    pub latency: bool,
+}
+
+/// One image's report: the `--json` line (ARCHITECTURE.md's contract).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Record {
+    pub file: String,
+    pub job_id: Option<String>,
+    pub key: Option<String>,
+    /// `accepted`, `done` or `failed`.
+    pub status: &'static str,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+}
+
+impl Record {
+    fn failed(file: &str, error: impl Into<String>) -> Record {
+        Record {
+            file: file.to_owned(),
+            job_id: None,
+            key: None,
+            status: "failed",
+            error: Some(error.into()),
+            latency_ms: None,
+        }
+    }
+
+    /// Failed, or still only accepted when the command waited.
+    pub fn is_failure(&self, waited: bool) -> bool {
+        self.status == "failed" || (waited && self.status != "done")
+    }
+}
+
+/// The seed's form `cloudimg send IMAGE HOST:PORT`: a last argument that is not an existing path
+/// and parses as `HOST:PORT` names the producer. Returns the paths and that producer, if any.
+pub fn split_seed_form(args: &[String]) -> (Vec<PathBuf>, Option<String>) {
+    if args.len() >= 2 {
+        let last = &args[args.len() - 1];
+        if !Path::new(last).exists() && is_host_port(last) {
+            let paths = args[..args.len() - 1].iter().map(PathBuf::from).collect();
+            return (paths, Some(last.clone()));
+        }
+    }
+    (args.iter().map(PathBuf::from).collect(), None)
+}
+
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && !host.contains('/')
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+}
+
+/// `HOST:PORT` becomes `http://HOST:PORT`; URLs stay as they are.
+pub fn producer_uri(producer: &str) -> String {
+    if producer.starts_with("http://") || producer.starts_with("https://") {
+        producer.to_owned()
+    } else {
+        format!("http://{producer}")
+    }
+}
+
+/// Everything that stops `send` before any file could be tried.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("bad producer address {0:?}: {1}")]
+    Address(String, String),
+}
+
+async fn connect(producer: &str) -> Result<Channel, String> {
+    let uri = producer_uri(producer);
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| format!("bad producer address {producer:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true);
+    if uri.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_native_roots())
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot reach the producer at {producer}: {}",
+            error_chain(&e)
+        )
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Sends every image; prints one report per image as it completes (JSON Lines on stdout with
+/// `json`, text otherwise), a progress bar on a terminal, and a summary on stderr. Returns the
+/// reports in completion order.
+pub async fn run(config: SendConfig, shutdown: CancellationToken) -> Vec<Record> {
+    let started = Instant::now();
+    let deadline = config.wait.map(|w| started + w);
+    let (found, refused) = inputs::collect(&config.paths);
+    let total = found.len() + refused.len();
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let bar = ProgressBar::new(total as u64);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut records = Vec::with_capacity(total);
+    let mut report = |record: Record| {
+        print_record(&record, config.json, &bar);
+        bar.inc(1);
+        records.push(record);
+    };
+    for r in refused {
+        report(Record::failed(&r.shown, r.reason));
+    }
+
+    match connect(&config.producer).await {
+        Err(reason) => {
+            for input in &found {
+                report(Record::failed(&input.shown, reason.clone()));
+            }
+        }
+        Ok(channel) => {
+            let client = ImageServiceClient::new(channel);
+            let uploads = Arc::new(Semaphore::new(config.concurrency.max(1)));
+            // Status polls are light, but bound them so a large batch does not flood the producer.
+            let polls = Arc::new(Semaphore::new(32));
+            let config = Arc::new(config.clone());
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            for input in found {
+                let tx = tx.clone();
+                let client = client.clone();
+                let uploads = uploads.clone();
+                let polls = polls.clone();
+                let config = config.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let record =
+                        send_one(client, &input, &config, uploads, polls, deadline, shutdown).await;
+                    let _ = tx.send(record);
+                });
+            }
+            drop(tx);
+            while let Some(record) = rx.recv().await {
+                report(record);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    summarize(&records, config.wait.is_some(), started.elapsed());
+    records
+}
+
+async fn send_one(
+    mut client: ImageServiceClient<Channel>,
+    input: &Input,
+    config: &SendConfig,
+    uploads: Arc<Semaphore>,
+    polls: Arc<Semaphore>,
+    deadline: Option<Instant>,
+    shutdown: CancellationToken,
+) -> Record {
+    let Ok(permit) = uploads.acquire().await else {
+        return Record::failed(&input.shown, "interrupted");
+    };
+    if shutdown.is_cancelled() {
+        return Record::failed(&input.shown, "interrupted");
+    }
+    let started = Instant::now();
+    let data = match tokio::fs::read(&input.path).await {
+        Ok(data) => Bytes::from(data),
+        Err(e) => return Record::failed(&input.shown, format!("cannot read: {e}")),
+    };
+    let file_name = input
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut messages = Vec::with_capacity(1 + data.len().div_ceil(CHUNK_BYTES));
+    messages.push(UploadRequest {
+        part: Some(upload_request::Part::Metadata(UploadMetadata {
+            file_name,
+            content_type: guess_content_type(&data).into(),
+            size: data.len() as u64,
+            options: Some(config.options),
+        })),
+    });
+    let mut offset = 0;
+    while offset < data.len() {
+        let end = (offset + CHUNK_BYTES).min(data.len());
+        // `Bytes::slice` shares the buffer: the file is never copied into the chunks.
+        messages.push(UploadRequest {
+            part: Some(upload_request::Part::Chunk(data.slice(offset..end))),
+        });
+        offset = end;
+    }
+    drop(data);
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    if let Some(token) = &config.token {
+        match format!("Bearer {token}").parse() {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => return Record::failed(&input.shown, "the token is not a valid header"),
+        }
+    }
+    let reply = match client.upload(request).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            return Record::failed(
+                &input.shown,
+                format!("{:?}: {}", status.code(), status.message()),
+            );
+        }
+    };
+    drop(permit);
+    let mut record = Record {
+        file: input.shown.clone(),
+        job_id: Some(reply.job_id.clone()),
+        key: Some(reply.key.clone()),
+        status: "accepted",
+        error: None,
+        latency_ms: None,
+    };
+    if let Some(deadline) = deadline {
+        match wait_for(
+            &mut client,
+            &reply.job_id,
+            &reply.key,
+            config,
+            polls,
+            deadline,
+        )
+        .await
+        {
+            Ok(()) => record.status = "done",
+            Err((status, error)) => {
+                record.status = status;
+                record.error = Some(error);
+            }
+        }
+    }
+    if config.latency {
+        record.latency_ms = Some(started.elapsed().as_millis() as u64);
+    }
+    record
+}
+
+/// Polls `GetJob` until the job is done or failed or the deadline passes. Polls start fast and slow
+/// down, so short jobs are seen quickly and long ones cost few calls.
+async fn wait_for(
+    client: &mut ImageServiceClient<Channel>,
+    job_id: &str,
+    key: &str,
+    config: &SendConfig,
+    polls: Arc<Semaphore>,
+    deadline: Instant,
+) -> Result<(), (&'static str, String)> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let permit = polls.acquire().await;
+        let mut request = tonic::Request::new(GetJobRequest {
+            job_id: job_id.to_owned(),
+            key: key.to_owned(),
+        });
+        if let Some(token) = &config.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        let answer = client.get_job(request).await;
+        drop(permit);
+        match answer {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                match reply.state() {
+                    JobState::Done => return Ok(()),
+                    JobState::Failed => return Err(("failed", reply.error)),
+                    _ => {}
+                }
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {}
+            Err(status) => {
+                return Err((
+                    "accepted",
+                    format!(
+                        "cannot ask for the result: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ),
+                ));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(("accepted", "timed out waiting for the result".into()));
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 3 / 2).min(Duration::from_millis(500));
+    }
+}
+
+fn guess_content_type(data: &[u8]) -> &'static str {
+    match cloudimg_engine::sniff(data) {
+        Ok(cloudimg_engine::Format::Jpeg) => "image/jpeg",
+        Ok(cloudimg_engine::Format::Png) => "image/png",
+        Err(_) => "application/octet-stream",
+    }
+}
+
+fn print_record(record: &Record, json: bool, bar: &ProgressBar) {
+    if json {
+        if let Ok(line) = serde_json::to_string(record) {
+            bar.suspend(|| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            });
+        }
+        return;
+    }
+    bar.suspend(|| match (&record.error, record.status) {
+        (Some(error), status) => eprintln!("{status}: {}: {error}", record.file),
+        (None, status) => println!(
+            "{status}\t{}\t{}\t{}",
+            record.file,
+            record.job_id.as_deref().unwrap_or("-"),
+            record.key.as_deref().unwrap_or("-")
+        ),
+    });
+}
+
+fn summarize(records: &[Record], waited: bool, elapsed: Duration) {
+    let count = |s: &str| records.iter().filter(|r| r.status == s).count();
+    let failed = records.iter().filter(|r| r.is_failure(waited)).count();
+    eprintln!(
+        "sent {} images in {:.1}s: {} accepted, {} done, {} failed",
+        records.len(),
+        elapsed.as_secs_f64(),
+        count("accepted") + count("done"),
+        count("done"),
+        failed
+    );
+}
+
+/// Resolves `HOST:PORT` early so a typo is reported once, not once per file.
+pub fn check_producer(producer: &str) -> Result<(), SendError> {
+    if producer.starts_with("http://") || producer.starts_with("https://") {
+        return Ok(());
+    }
+    if !is_host_port(producer) {
+        return Err(SendError::Address(
+            producer.to_owned(),
+            "expected HOST:PORT or an http:// or https:// URL".into(),
+        ));
+    }
+    producer
+        .to_socket_addrs()
+        .map(|_| ())
+        .map_err(|e| SendError::Address(producer.to_owned(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_seed_form_takes_a_trailing_host_port_as_the_producer() {
+        let (paths, producer) = split_seed_form(&strings(&["photo.jpg", "localhost:50051"]));
+        assert_eq!(paths, vec![PathBuf::from("photo.jpg")]);
+        assert_eq!(producer.as_deref(), Some("localhost:50051"));
+        let (paths, producer) = split_seed_form(&strings(&["a.jpg", "b.jpg", "10.0.0.5:50051"]));
+        assert_eq!(paths.len(), 2);
+        assert_eq!(producer.as_deref(), Some("10.0.0.5:50051"));
+    }
+
+    #[test]
+    fn a_lone_argument_or_a_non_address_is_a_path() {
+        assert_eq!(split_seed_form(&strings(&["host:50051"])).1, None);
+        assert_eq!(split_seed_form(&strings(&["a.jpg", "b.jpg"])).1, None);
+        assert_eq!(split_seed_form(&strings(&["a.jpg", "dir/x:1"])).1, None);
+        assert_eq!(split_seed_form(&strings(&["a.jpg", "host:port"])).1, None);
+    }
+
+    #[test]
+    fn producer_addresses_become_uris() {
+        assert_eq!(producer_uri("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(
+            producer_uri("https://img.example:443"),
+            "https://img.example:443"
+        );
+        assert!(check_producer("127.0.0.1:50051").is_ok());
+        assert!(check_producer("nonsense").is_err());
+    }
+
+    #[test]
+    fn json_lines_carry_exactly_the_contract_fields() {
+        let r = Record::failed("a.jpg", "boom");
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["error", "file", "job_id", "key", "status"]);
+        assert_eq!(v["job_id"], serde_json::Value::Null);
+    }
+}

@@ -1,0 +1,205 @@
+//! `cloudimg convert` as a user runs it: the binary, fixtures made here, outputs checked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "cloudimg-convert-{what}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn jpeg(width: u16, height: u16) -> Vec<u8> {
+    let w = width as usize;
+    let rgb: Vec<u8> = (0..w * height as usize * 3)
+        .map(|i| ((i / 3 % w * 3 + i / 3 / w + i % 3 * 50) % 256) as u8)
+        .collect();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(&rgb, width, height, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    out
+}
+
+fn cloudimg(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cloudimg"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("CLOUDIMG_PRODUCER")
+        .output()
+        .unwrap()
+}
+
+fn gray_size(path: &Path) -> (u16, u16) {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut d = jpeg_decoder::Decoder::new(&data[..]);
+    d.decode().unwrap();
+    let info = d.info().unwrap();
+    assert_eq!(
+        info.pixel_format,
+        jpeg_decoder::PixelFormat::L8,
+        "{}",
+        path.display()
+    );
+    (info.width, info.height)
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_file_given_directly_lands_as_its_stem_in_gray_by_default() {
+    let t = TempDir::new("direct");
+    t.write("photos/Holiday Photo.JPEG", &jpeg(40, 30));
+    let out = cloudimg(&t.0, &["convert", "photos/Holiday Photo.JPEG"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files_under(&t.path("gray")), ["Holiday Photo.jpg"]);
+    assert_eq!(gray_size(&t.path("gray/Holiday Photo.jpg")), (40, 30));
+}
+
+#[test]
+fn folders_are_walked_recursively_keeping_relative_paths() {
+    let t = TempDir::new("folders");
+    t.write("in/a.jpg", &jpeg(8, 8));
+    t.write("in/sub/deeper/B.JPG", &jpeg(16, 9));
+    t.write("in/sub/c.jpeg", &jpeg(9, 16));
+    t.write("in/notes.txt", b"not an image");
+    t.write("in/sub/d.gif", b"GIF89a");
+    let out = cloudimg(&t.0, &["convert", "--out", "out", "in"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        files_under(&t.path("out")),
+        ["a.jpg", "sub/c.jpg", "sub/deeper/B.jpg"]
+    );
+    assert_eq!(gray_size(&t.path("out/sub/deeper/B.jpg")), (16, 9));
+}
+
+#[test]
+fn an_output_name_taken_in_this_run_is_an_error_never_an_overwrite() {
+    let t = TempDir::new("collide");
+    t.write("x/photo.jpg", &jpeg(10, 10));
+    t.write("y/photo.jpg", &jpeg(20, 20));
+    t.write("z/pic.jpg", &jpeg(12, 12));
+    t.write("z/pic.png", b"\x89PNG\r\n\x1a\n");
+    let out = cloudimg(
+        &t.0,
+        &["convert", "--out", "out", "x/photo.jpg", "y/photo.jpg", "z"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("y/photo.jpg") && stderr.contains("already taken"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pic.png") && stderr.contains("already taken"),
+        "{stderr}"
+    );
+    // The first claimant's output is intact.
+    assert_eq!(gray_size(&t.path("out/photo.jpg")), (10, 10));
+    assert_eq!(gray_size(&t.path("out/pic.jpg")), (12, 12));
+}
+
+#[test]
+fn a_bad_file_is_named_with_its_reason_and_the_rest_still_convert() {
+    let t = TempDir::new("bad");
+    let mut truncated = jpeg(64, 64);
+    truncated.truncate(truncated.len() / 2);
+    t.write("in/good.jpg", &jpeg(32, 32));
+    t.write("in/broken.jpg", &truncated);
+    t.write("in/fake.png", b"this is text");
+    let out = cloudimg(&t.0, &["convert", "-o", "out", "in", "missing.jpg"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in ["broken.jpg", "fake.png", "missing.jpg"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("error:") && l.contains(name)),
+            "{name} not reported: {stderr}"
+        );
+    }
+    assert_eq!(files_under(&t.path("out")), ["good.jpg"]);
+}
+
+#[test]
+fn png_output_and_quality_settings() {
+    let t = TempDir::new("png");
+    t.write("a.jpg", &jpeg(24, 12));
+    let out = cloudimg(&t.0, &["convert", "--format", "png", "-o", "out", "a.jpg"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(t.path("out/a.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    let out = cloudimg(&t.0, &["convert", "-q", "source", "-o", "src", "a.jpg"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(gray_size(&t.path("src/a.jpg")), (24, 12));
+    let low = cloudimg(&t.0, &["convert", "-q", "5", "-o", "low", "a.jpg"]);
+    assert!(low.status.success());
+    assert!(
+        std::fs::metadata(t.path("low/a.jpg")).unwrap().len()
+            < std::fs::metadata(t.path("src/a.jpg")).unwrap().len()
+    );
+    for bad in ["0", "101", "best"] {
+        let out = cloudimg(&t.0, &["convert", "-q", bad, "a.jpg"]);
+        assert_eq!(out.status.code(), Some(2), "quality {bad} was accepted");
+    }
+}

@@ -1,0 +1,48 @@
+//! `cloudimg send` without a producer: every file is reported failed, in the contract's JSON
+//! Lines, and the exit status says so. (The full round trip is the worker crate's e2e test.)
+
+use std::process::Command;
+
+#[test]
+fn an_unreachable_producer_fails_every_file_with_a_json_line_each() {
+    let dir = std::env::temp_dir().join(format!("cloudimg-send-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("folder")).unwrap();
+    std::fs::write(dir.join("one.jpg"), b"\xff\xd8\xff").unwrap();
+    std::fs::write(dir.join("folder/two.png"), b"\x89PNG").unwrap();
+    // A port nothing listens on, in the seed's `IMAGE... HOST:PORT` form.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudimg"))
+        .current_dir(&dir)
+        .args(["send", "--json", "one.jpg", "folder", "nothere.jpg"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines.sort_by_key(|v| v["file"].as_str().unwrap().to_owned());
+    let files: Vec<&str> = lines.iter().map(|v| v["file"].as_str().unwrap()).collect();
+    assert_eq!(files, ["folder/two.png", "nothere.jpg", "one.jpg"]);
+    for v in &lines {
+        assert_eq!(v["status"], "failed");
+        assert!(v["job_id"].is_null() && v["key"].is_null());
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}
+
+#[test]
+fn a_bad_producer_address_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudimg"))
+        .args(["send", "--producer", "not an address", "x.jpg"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

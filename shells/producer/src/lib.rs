@@ -1,0 +1,110 @@
+//! `cloudimg-producer`: the gRPC front door.
+//!
+//! It validates every upload as early as it can (the declared size before receiving anything, the
+//! magic bytes on the first chunk, the running size on every chunk, the header's dimensions with
+//! `engine::probe` before publishing), stages uploads over `CLOUDIMG_STAGE_OVER_BYTES` in the store
+//! (claim-check), publishes a persistent `ImageJob` on one long-lived, supervised broker connection
+//! and answers OK only after the broker confirmed it. `GetJob` answers from the store.
+#![forbid(unsafe_code)]
+
+mod config;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudimg_runtime::amqp::{Publisher, Topology};
+use cloudimg_runtime::proto::image_service_server::ImageServiceServer;
+use cloudimg_runtime::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, Config};
+pub use service::ImageService;
+
+/// The largest gRPC message the producer decodes. Clients send chunks of at most 1 MiB; 4 MiB is
+/// gRPC's usual ceiling and leaves room for other clients' chunking.
+pub const MAX_GRPC_MESSAGE: usize = 4 << 20;
+
+/// Everything that stops the producer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] cloudimg_runtime::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops accepting, lets every upload in
+/// flight finish (its publish confirmed or refused), and closes the broker connection.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let store = Store::open(&config.store).await?.map(Arc::new);
+    let topology = Topology::new(&config.broker);
+    let link_stop = CancellationToken::new();
+    let (publisher, supervisor) = Publisher::start(
+        config.broker.url.clone(),
+        format!("cloudimg-producer {addr}"),
+        topology.clone(),
+        link_stop.clone(),
+    );
+    {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            if !publisher.wait_connected(Duration::from_secs(5)).await {
+                tracing::warn!("no broker link yet: uploads get UNAVAILABLE until it is up");
+            }
+        });
+    }
+    tracing::info!(
+        %addr,
+        queue = %topology.queue,
+        store = %store.as_ref().map_or("none".into(), |s| s.describe()),
+        max_upload_bytes = config.limits.max_input_bytes,
+        stage_over_bytes = config.stage_over_bytes,
+        "producer listening"
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ImageServiceServer<ImageService>>()
+        .await;
+    let service = ImageService::new(&config, publisher, store, topology);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            ImageServiceServer::new(service)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    tracing::info!("producer drained; closing the broker link");
+    link_stop.cancel();
+    let _ = supervisor.await;
+    result.map_err(Error::from)
+}

@@ -1,0 +1,332 @@
+//! The `cloudimg.v1.ImageService` implementation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cloudimg_engine::{ErrorKind, Limits};
+use cloudimg_runtime::amqp::{MAX_MESSAGE_BYTES, PublishError, Publisher, Topology, job_headers};
+use cloudimg_runtime::jobs::{self, FailureMarker, JobId};
+use cloudimg_runtime::proto::{
+    self, GetJobReply, GetJobRequest, ImageJob, JobState, StagedObject, UploadReply, UploadRequest,
+    image_job, upload_request,
+};
+use cloudimg_runtime::store::{ObjectMeta, ObjectStore, Store};
+use lapin::BasicProperties;
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Config;
+
+/// How long an upload waits for the broker link when it arrives mid-reconnect, before UNAVAILABLE.
+const LINK_WAIT: Duration = Duration::from_secs(2);
+
+/// The service: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct ImageService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    publisher: Publisher,
+    store: Option<Arc<Store>>,
+    topology: Topology,
+    limits: Limits,
+    stage_over_bytes: u64,
+    token: Option<String>,
+}
+
+impl ImageService {
+    pub fn new(
+        config: &Config,
+        publisher: Publisher,
+        store: Option<Arc<Store>>,
+        topology: Topology,
+    ) -> ImageService {
+        ImageService {
+            inner: Arc::new(Inner {
+                publisher,
+                store,
+                topology,
+                limits: config.limits,
+                stage_over_bytes: config.stage_over_bytes,
+                token: config.token.clone(),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn authorize(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare without an early exit, so timing does not reveal a matching prefix.
+        let equal = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if equal {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong bearer token (CLOUDIMG_TOKEN)",
+            ))
+        }
+    }
+
+    /// Receives the whole upload, refusing it as soon as it is known to be bad.
+    async fn receive(
+        &self,
+        stream: &mut Streaming<UploadRequest>,
+    ) -> Result<(proto::UploadMetadata, Bytes), Status> {
+        let meta = match stream.message().await? {
+            Some(UploadRequest {
+                part: Some(upload_request::Part::Metadata(meta)),
+            }) => meta,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of an upload must carry the metadata",
+                ));
+            }
+            None => return Err(Status::invalid_argument("empty upload: no messages")),
+        };
+        let max = self.limits.max_input_bytes;
+        if meta.size > max {
+            return Err(Status::resource_exhausted(format!(
+                "upload of {} bytes is over the limit of {max} bytes",
+                meta.size
+            )));
+        }
+        // One buffer, sized once from the declared size (capped by the limit, so a lying client
+        // cannot make us reserve more than an honest one could).
+        let mut buf = BytesMut::with_capacity(if meta.size > 0 {
+            meta.size as usize
+        } else {
+            1 << 20
+        });
+        let mut sniffed = false;
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(upload_request::Part::Chunk(chunk)) => {
+                    let total = buf.len() as u64 + chunk.len() as u64;
+                    if total > max {
+                        return Err(Status::resource_exhausted(format!(
+                            "upload is over the limit of {max} bytes (received {total} so far)"
+                        )));
+                    }
+                    buf.extend_from_slice(&chunk);
+                    if !sniffed && buf.len() >= 8 {
+                        sniffed = true;
+                        cloudimg_engine::sniff(&buf).map_err(engine_status)?;
+                    }
+                }
+                Some(upload_request::Part::Metadata(_)) => {
+                    return Err(Status::invalid_argument(
+                        "metadata may only be sent once, in the first message",
+                    ));
+                }
+                None => {}
+            }
+        }
+        if buf.is_empty() {
+            return Err(Status::invalid_argument("empty upload: no image bytes"));
+        }
+        if meta.size != 0 && meta.size != buf.len() as u64 {
+            return Err(Status::invalid_argument(format!(
+                "upload declared {} bytes but sent {}",
+                meta.size,
+                buf.len()
+            )));
+        }
+        Ok((meta, buf.freeze()))
+    }
+
+    async fn upload(&self, mut stream: Streaming<UploadRequest>) -> Result<UploadReply, Status> {
+        let (meta, data) = self.receive(&mut stream).await?;
+        let wire_options = meta.options.unwrap_or_default();
+        let options =
+            jobs::engine_options(&wire_options, self.limits).map_err(Status::invalid_argument)?;
+        // The header only: format, dimensions against the pixel limit. Bombs stop here.
+        let info = cloudimg_engine::probe(&data, &self.limits).map_err(engine_status)?;
+
+        let job_id = JobId::random();
+        let output_key = job_id.result_key(options.format);
+        let size = data.len() as u64;
+        let staged = size > self.stage_over_bytes;
+        let payload = if staged {
+            let Some(store) = &self.store else {
+                return Err(Status::resource_exhausted(format!(
+                    "upload of {size} bytes needs staging (over {} bytes) but no store is configured",
+                    self.stage_over_bytes
+                )));
+            };
+            let key = job_id.staging_key();
+            let meta = ObjectMeta {
+                content_type: info_mime(info.format),
+                metadata: [("job-id".to_owned(), job_id.to_string())].into(),
+            };
+            store.put(&key, data, &meta).await.map_err(|e| {
+                tracing::warn!(%job_id, error = %e, "cannot stage upload");
+                Status::unavailable(format!("cannot stage the upload: {e}"))
+            })?;
+            image_job::Payload::Staged(StagedObject { key, size })
+        } else if size > MAX_MESSAGE_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "upload of {size} bytes is too large to queue without a store"
+            )));
+        } else {
+            image_job::Payload::Inline(data)
+        };
+
+        let job = ImageJob {
+            job_id: job_id.to_string(),
+            output_key: output_key.clone(),
+            options: Some(wire_options),
+            source_name: meta.file_name,
+            payload: Some(payload),
+            accepted_unix_ms: jobs::unix_ms(),
+        };
+        let body = job.encode_to_vec();
+        let properties = BasicProperties::default()
+            .with_content_type("application/x-protobuf".into())
+            .with_message_id(job.job_id.as_str().into())
+            .with_timestamp((job.accepted_unix_ms / 1000) as u64)
+            .with_headers(job_headers(&job.job_id));
+        let published = self
+            .publisher
+            .publish(&self.topology.queue, &body, properties, LINK_WAIT)
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(%job_id, error = %e, "job not accepted by the broker");
+            if staged && let Some(store) = &self.store {
+                let _ = store.delete(&job_id.staging_key()).await;
+            }
+            return Err(match e {
+                PublishError::Unavailable(_) | PublishError::Nacked => {
+                    Status::unavailable(e.to_string())
+                }
+                PublishError::Unroutable(_) => Status::unavailable(e.to_string()),
+            });
+        }
+        tracing::info!(
+            %job_id,
+            bytes = size,
+            staged,
+            width = info.width,
+            height = info.height,
+            "job accepted"
+        );
+        Ok(UploadReply {
+            job_id: job.job_id,
+            key: output_key,
+        })
+    }
+
+    async fn get_job(&self, request: GetJobRequest) -> Result<GetJobReply, Status> {
+        let job_id = JobId::parse(&request.job_id).map_err(Status::invalid_argument)?;
+        let Some(store) = &self.store else {
+            return Err(Status::failed_precondition(
+                "this producer has no object store (set BUCKET_NAME or CLOUDIMG_OUT_DIR) to answer GetJob",
+            ));
+        };
+        let candidates = [
+            job_id.result_key(cloudimg_engine::OutputFormat::Jpeg),
+            job_id.result_key(cloudimg_engine::OutputFormat::Png),
+        ];
+        let keys: Vec<&String> = if request.key.is_empty() {
+            candidates.iter().collect()
+        } else {
+            match candidates.iter().find(|k| **k == request.key) {
+                Some(k) => vec![k],
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "key {:?} is not a result key of job {job_id}",
+                        request.key
+                    )));
+                }
+            }
+        };
+        let unavailable = |e: cloudimg_runtime::Error| Status::unavailable(e.to_string());
+        for key in keys {
+            if store.head(key).await.map_err(unavailable)?.is_some() {
+                return Ok(GetJobReply {
+                    job_id: job_id.to_string(),
+                    state: JobState::Done as i32,
+                    key: key.clone(),
+                    error: String::new(),
+                });
+            }
+        }
+        if let Some(marker) = store
+            .get(&job_id.failure_key())
+            .await
+            .map_err(unavailable)?
+        {
+            let error = serde_json::from_slice::<FailureMarker>(&marker)
+                .map(|m| m.error)
+                .unwrap_or_else(|e| format!("failed (unreadable failure marker: {e})"));
+            return Ok(GetJobReply {
+                job_id: job_id.to_string(),
+                state: JobState::Failed as i32,
+                key: String::new(),
+                error,
+            });
+        }
+        Ok(GetJobReply {
+            job_id: job_id.to_string(),
+            state: JobState::Pending as i32,
+            key: String::new(),
+            error: String::new(),
+        })
+    }
+}
+
+fn info_mime(format: cloudimg_engine::Format) -> String {
+    match format {
+        cloudimg_engine::Format::Jpeg => "image/jpeg".into(),
+        cloudimg_engine::Format::Png => "image/png".into(),
+    }
+}
+
+/// Engine errors seen by the producer are the sender's: over a limit, or not an image we take.
+fn engine_status(e: cloudimg_engine::Error) -> Status {
+    match e.kind() {
+        ErrorKind::OverLimit => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::image_service_server::ImageService for ImageService {
+    async fn upload(
+        &self,
+        request: Request<Streaming<UploadRequest>>,
+    ) -> Result<Response<UploadReply>, Status> {
+        self.inner.authorize(request.metadata())?;
+        let result = self.inner.upload(request.into_inner()).await;
+        if let Err(status) = &result {
+            tracing::info!(code = ?status.code(), reason = status.message(), "upload refused");
+        }
+        result.map(Response::new)
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobReply>, Status> {
+        self.inner.authorize(request.metadata())?;
+        self.inner
+            .get_job(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,427 @@
+//! The producer in-process, over real gRPC: early refusals with the right status, OK only for a
+//! job the broker holds, staging, `GetJob`, a missing broker, the bearer token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudimg_engine::Limits;
+use cloudimg_producer::Config;
+use cloudimg_runtime::jobs::{FailureMarker, JobId};
+use cloudimg_runtime::proto::image_service_client::ImageServiceClient;
+use cloudimg_runtime::proto::{
+    ConvertOptions, GetJobRequest, ImageJob, JobState, UploadMetadata, UploadRequest, image_job,
+    upload_request,
+};
+use cloudimg_runtime::settings::{BrokerSettings, QueueType, StoreSettings};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("required test environment missing under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| AMQP.into())
+}
+
+async fn broker() -> Option<lapin::Connection> {
+    match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            skip(&format!("no RabbitMQ at {}: {e}", amqp_url()));
+            None
+        }
+    }
+}
+
+fn unique_queue(what: &str) -> String {
+    let prefix = std::env::var("CLOUDIMG_TEST_QUEUE")
+        .unwrap_or_else(|_| format!("cloudimg-test-{}", std::process::id()));
+    format!(
+        "{prefix}-{what}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cloudimg-producer-{what}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A smooth gradient (compresses well).
+fn jpeg(width: u16, height: u16) -> Vec<u8> {
+    let w = width as usize;
+    let rgb: Vec<u8> = (0..w * height as usize * 3)
+        .map(|i| ((i / 3 % w + i / 3 / w + i % 3 * 40) % 256) as u8)
+        .collect();
+    encode(&rgb, width, height)
+}
+
+/// Noise (compresses badly).
+fn noisy_jpeg(width: u16, height: u16) -> Vec<u8> {
+    let rgb: Vec<u8> = (0..width as usize * height as usize * 3)
+        .map(|i| (i * 7919 % 251) as u8)
+        .collect();
+    encode(&rgb, width, height)
+}
+
+fn encode(rgb: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 80)
+        .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    out
+}
+
+struct Producer {
+    client: ImageServiceClient<Channel>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), cloudimg_producer::Error>>,
+}
+
+impl Producer {
+    async fn start(config: Config) -> Producer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(cloudimg_producer::serve(config, listener, stop.clone()));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Producer {
+            client: ImageServiceClient::new(channel),
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        broker: BrokerSettings {
+            url: amqp.to_owned(),
+            queue: queue.to_owned(),
+            queue_type: QueueType::Classic,
+        },
+        store,
+        limits: Limits {
+            max_input_bytes: 1 << 20,
+            max_pixels: 1_000_000,
+            ..Limits::default()
+        },
+        stage_over_bytes: 8 << 20,
+        token: None,
+    }
+}
+
+fn metadata(size: u64) -> UploadRequest {
+    UploadRequest {
+        part: Some(upload_request::Part::Metadata(UploadMetadata {
+            file_name: "photo.jpg".into(),
+            content_type: "image/jpeg".into(),
+            size,
+            options: Some(ConvertOptions::default()),
+        })),
+    }
+}
+
+fn chunk(data: &[u8]) -> UploadRequest {
+    UploadRequest {
+        part: Some(upload_request::Part::Chunk(Bytes::copy_from_slice(data))),
+    }
+}
+
+fn upload_of(data: &[u8]) -> Vec<UploadRequest> {
+    let mut messages = vec![metadata(data.len() as u64)];
+    messages.extend(data.chunks(64 << 10).map(chunk));
+    messages
+}
+
+async fn upload(
+    client: &mut ImageServiceClient<Channel>,
+    messages: Vec<UploadRequest>,
+) -> Result<cloudimg_runtime::proto::UploadReply, tonic::Status> {
+    client
+        .upload(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_early_with_the_right_status() {
+    // No broker is needed: every refusal happens before a publish.
+    let queue = unique_queue("refusals");
+    let mut p = Producer::start(config(
+        &queue,
+        "amqp://127.0.0.1:1/%2f",
+        StoreSettings::None,
+    ))
+    .await;
+    let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00".to_vec();
+    let big = jpeg(1200, 1000); // 1.2 MP: over the 1 MP pixel limit
+    assert!(
+        big.len() < 1 << 20,
+        "the pixel-limit fixture must be under the size limit"
+    );
+    let cases: Vec<(&str, Vec<UploadRequest>, Code)> = vec![
+        ("no messages", vec![], Code::InvalidArgument),
+        ("metadata only", vec![metadata(0)], Code::InvalidArgument),
+        (
+            "chunk before metadata",
+            vec![chunk(&jpeg(8, 8))],
+            Code::InvalidArgument,
+        ),
+        ("not an image", upload_of(&gif), Code::InvalidArgument),
+        (
+            "declared over the size limit",
+            vec![metadata(2 << 20)],
+            Code::ResourceExhausted,
+        ),
+        (
+            "sent over the size limit without declaring it",
+            {
+                let mut m = vec![metadata(0), chunk(&jpeg(8, 8)[..16])];
+                m.extend((0..20).map(|_| chunk(&[0u8; 64 << 10])));
+                m
+            },
+            Code::ResourceExhausted,
+        ),
+        (
+            "over the pixel limit",
+            upload_of(&big),
+            Code::ResourceExhausted,
+        ),
+        (
+            "declared size differs from what was sent",
+            {
+                let data = jpeg(8, 8);
+                vec![metadata(data.len() as u64 + 1), chunk(&data)]
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "truncated header",
+            upload_of(&jpeg(64, 64)[..20]),
+            Code::InvalidArgument,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, messages, code) in cases {
+        match upload(&mut p.client, messages).await {
+            Err(status) if status.code() == code => {}
+            other => wrong.push(format!("{what}: expected {code:?}, got {other:?}")),
+        }
+    }
+    let bad_quality = {
+        let mut m = upload_of(&jpeg(8, 8));
+        if let Some(upload_request::Part::Metadata(meta)) = &mut m[0].part {
+            meta.options = Some(ConvertOptions {
+                quality: 101,
+                ..Default::default()
+            });
+        }
+        m
+    };
+    match upload(&mut p.client, bad_quality).await {
+        Err(s) if s.code() == Code::InvalidArgument => {}
+        other => wrong.push(format!("quality 101: got {other:?}")),
+    }
+    p.stop().await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test]
+async fn without_a_broker_uploads_are_unavailable_never_ok() {
+    let queue = unique_queue("nobroker");
+    let mut p = Producer::start(config(
+        &queue,
+        "amqp://127.0.0.1:1/%2f",
+        StoreSettings::None,
+    ))
+    .await;
+    let status = upload(&mut p.client, upload_of(&jpeg(16, 16)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_token_set_calls_without_it_are_unauthenticated() {
+    let queue = unique_queue("token");
+    let mut cfg = config(&queue, "amqp://127.0.0.1:1/%2f", StoreSettings::None);
+    cfg.token = Some("s3cret".into());
+    let mut p = Producer::start(cfg).await;
+    let status = upload(&mut p.client, upload_of(&jpeg(16, 16)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(GetJobRequest {
+        job_id: JobId::random().to_string(),
+        key: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let status = p.client.get_job(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn ok_means_the_job_is_on_the_queue_inline_or_staged() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let queue = unique_queue("accept");
+    let dir = temp_dir("accept");
+    let mut cfg = config(
+        &queue,
+        &amqp_url(),
+        StoreSettings::Local { dir: dir.clone() },
+    );
+    cfg.stage_over_bytes = 20_000;
+    let mut p = Producer::start(cfg).await;
+    let small = jpeg(32, 32);
+    let large = noisy_jpeg(300, 200);
+    assert!(small.len() < 20_000 && large.len() > 20_000);
+
+    let mut got = Vec::new();
+    for data in [&small, &large] {
+        let reply = upload(&mut p.client, upload_of(data)).await.unwrap();
+        assert_eq!(reply.key, format!("gray/{}.jpg", reply.job_id));
+        got.push((reply, data.clone()));
+    }
+    let channel = connection.create_channel().await.unwrap();
+    for (reply, data) in &got {
+        let message = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("an acknowledged upload is on the queue");
+        let headers = message.delivery.properties.headers().clone();
+        assert_eq!(
+            cloudimg_runtime::amqp::header_str(headers.as_ref(), "x-cloudimg-job-id").as_deref(),
+            Some(reply.job_id.as_str())
+        );
+        assert_eq!(message.delivery.properties.delivery_mode(), &Some(2));
+        let job = ImageJob::decode(&message.delivery.data[..]).unwrap();
+        assert_eq!(job.job_id, reply.job_id);
+        assert_eq!(job.output_key, reply.key);
+        assert_eq!(job.source_name, "photo.jpg");
+        match job.payload.unwrap() {
+            image_job::Payload::Inline(bytes) => {
+                assert!(data.len() < 20_000);
+                assert_eq!(&bytes[..], &data[..]);
+            }
+            image_job::Payload::Staged(staged) => {
+                assert!(data.len() > 20_000);
+                assert_eq!(staged.key, format!("staging/{}", reply.job_id));
+                assert_eq!(std::fs::read(dir.join(&staged.key)).unwrap(), *data);
+            }
+        }
+    }
+    p.stop().await;
+    for q in [queue.clone(), format!("{queue}.dead")] {
+        channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn get_job_answers_pending_done_and_failed_from_the_store() {
+    let queue = unique_queue("getjob");
+    let dir = temp_dir("getjob");
+    let mut p = Producer::start(config(
+        &queue,
+        "amqp://127.0.0.1:1/%2f",
+        StoreSettings::Local { dir: dir.clone() },
+    ))
+    .await;
+    let ask = |id: &JobId| GetJobRequest {
+        job_id: id.to_string(),
+        key: String::new(),
+    };
+    let pending = JobId::random();
+    let reply = p.client.get_job(ask(&pending)).await.unwrap().into_inner();
+    assert_eq!(reply.state(), JobState::Pending);
+
+    let done = JobId::random();
+    let key = done.result_key(cloudimg_engine::OutputFormat::Png);
+    std::fs::create_dir_all(dir.join("gray")).unwrap();
+    std::fs::write(dir.join(&key), b"png").unwrap();
+    let reply = p.client.get_job(ask(&done)).await.unwrap().into_inner();
+    assert_eq!(
+        (reply.state(), reply.key.as_str()),
+        (JobState::Done, key.as_str())
+    );
+
+    let failed = JobId::random();
+    let marker = FailureMarker {
+        job_id: failed.to_string(),
+        kind: "invalid".into(),
+        error: "invalid JPEG: truncated".into(),
+        source_name: "x.jpg".into(),
+        failed_unix_ms: 0,
+    };
+    std::fs::create_dir_all(dir.join("failed")).unwrap();
+    std::fs::write(
+        dir.join(failed.failure_key()),
+        serde_json::to_vec(&marker).unwrap(),
+    )
+    .unwrap();
+    let reply = p.client.get_job(ask(&failed)).await.unwrap().into_inner();
+    assert_eq!(reply.state(), JobState::Failed);
+    assert_eq!(reply.error, "invalid JPEG: truncated");
+
+    for bad in ["../../etc/passwd", "nope"] {
+        let status = p
+            .client
+            .get_job(GetJobRequest {
+                job_id: bad.into(),
+                key: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    let status = p
+        .client
+        .get_job(GetJobRequest {
+            job_id: done.to_string(),
+            key: "gray/other.jpg".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    p.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+    let _ = Duration::ZERO;
+}

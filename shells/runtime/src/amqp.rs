@@ -1,0 +1,340 @@
+//! The broker side shared by producer and worker: the queue topology both declare, connecting, and
+//! the publisher's link supervisor.
+//!
+//! lapin's automatic recovery is not reliable (amqp-rs/lapin#450), so it stays off: the supervisor
+//! here (and the worker's consume loop) rebuild connection, channels and consumers themselves, with
+//! backoff, whenever the link fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::settings::{BrokerSettings, QueueType, redact_url};
+use crate::{Error, Result};
+
+/// Header naming the job on every message, on the work queue and the dead-letter queue.
+pub const HEADER_JOB_ID: &str = "x-cloudimg-job-id";
+/// Header carrying the reason on a dead-lettered message.
+pub const HEADER_ERROR: &str = "x-cloudimg-error";
+/// Header carrying the error's kind (`invalid`, `unsupported`, `over_limit`, `internal`, `job`).
+pub const HEADER_ERROR_KIND: &str = "x-cloudimg-error-kind";
+
+/// The largest message we ever publish. RabbitMQ 4 and Amazon MQ refuse messages over 16 MiB by
+/// default; anything larger is staged in the store (claim-check) instead.
+pub const MAX_MESSAGE_BYTES: u64 = 15 << 20;
+
+/// The work queue and its dead-letter queue, declared identically by producer and worker.
+///
+/// The work queue dead-letters through the default exchange straight to `<queue>.dead`, so the
+/// topology is two queues and nothing else to create or delete. The worker publishes poison jobs
+/// to `<queue>.dead` itself (to add the reason as a header); the broker-side dead-lettering
+/// catches what the worker cannot handle (a reject when the dead-letter publish failed, a quorum
+/// queue's delivery limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub queue: String,
+    pub queue_type: QueueType,
+}
+
+impl Topology {
+    pub fn new(settings: &BrokerSettings) -> Topology {
+        Topology {
+            queue: settings.queue.clone(),
+            queue_type: settings.queue_type,
+        }
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    fn type_argument(&self, args: &mut FieldTable) {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(self.queue_type.as_str().into()),
+        );
+    }
+
+    /// The work queue's arguments. Changing them breaks every running deployment (a redeclare
+    /// with different arguments is refused), so they are defined here only.
+    pub fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        self.type_argument(&mut args);
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.dead_letter_queue().into()),
+        );
+        args
+    }
+
+    /// Declares both queues, durable. Idempotent.
+    pub async fn declare(&self, channel: &Channel) -> Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut dead_args = FieldTable::default();
+        self.type_argument(&mut dead_args);
+        channel
+            .queue_declare(self.dead_letter_queue().into(), durable, dead_args)
+            .await?;
+        channel
+            .queue_declare(self.queue.as_str().into(), durable, self.queue_arguments())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Opens one connection, named so operators can tell our connections apart in the management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props).await.map_err(|e| {
+        tracing::debug!(url = %redact_url(url), error = %e, "broker connection failed");
+        Error::Broker(e)
+    })
+}
+
+/// Resolves when the connection reports an error or stops being connected.
+pub async fn link_lost(connection: &Connection) {
+    let mut events = connection.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => {
+                    tracing::warn!(error = %e, "broker link error");
+                    return;
+                }
+                Some(_) => {}
+                None => return,
+            },
+            _ = tick.tick() => {
+                if !connection.status().connected() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a publish did not end in a confirmed, routed message.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No link to the broker right now (it is down, or the supervisor is reconnecting).
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (nack), for example under a resource alarm.
+    #[error("the broker refused the message")]
+    Nacked,
+    /// Confirmed but routed to no queue: the queue is gone.
+    #[error("the message reached no queue (queue `{0}` missing)")]
+    Unroutable(String),
+}
+
+/// A confirmed publisher on one long-lived connection, kept alive by a supervisor task.
+///
+/// Clones share the link. Many publishes can be outstanding at once: each awaits only its own
+/// confirm, so concurrent requests form a window of unconfirmed messages instead of a queue.
+#[derive(Clone)]
+pub struct Publisher {
+    link: watch::Receiver<Option<Channel>>,
+    broken: Arc<Notify>,
+}
+
+impl Publisher {
+    /// Starts the supervisor: it connects (with backoff), enables confirms, declares `topology`,
+    /// and starts over whenever the link fails, until `stop` is cancelled (then it closes the
+    /// connection). Returns at once; [`Publisher::publish`] answers `Unavailable` until connected.
+    pub fn start(
+        url: String,
+        name: String,
+        topology: Topology,
+        stop: CancellationToken,
+    ) -> (Publisher, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(None);
+        let broken = Arc::new(Notify::new());
+        let task = tokio::spawn(supervise(url, name, topology, tx, broken.clone(), stop));
+        (Publisher { link: rx, broken }, task)
+    }
+
+    /// Whether a link is up now.
+    pub fn is_connected(&self) -> bool {
+        self.link.borrow().is_some()
+    }
+
+    /// Waits up to `timeout` for a link (for startup, and for a request arriving mid-reconnect).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut link = self.link.clone();
+        tokio::time::timeout(timeout, link.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Publishes a persistent, mandatory message to `routing_key` on the default exchange and waits
+    /// for the broker's confirm. `Ok` means the broker has taken responsibility for the message.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+        wait_for_link: Duration,
+    ) -> std::result::Result<(), PublishError> {
+        if !self.wait_connected(wait_for_link).await {
+            return Err(PublishError::Unavailable("not connected".into()));
+        }
+        let Some(channel) = self.link.borrow().clone() else {
+            return Err(PublishError::Unavailable("not connected".into()));
+        };
+        let result = async {
+            channel
+                .basic_publish(
+                    ShortString::from(""),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    payload,
+                    properties.with_delivery_mode(2),
+                )
+                .await?
+                .await
+        }
+        .await;
+        match result {
+            Ok(confirm) if confirm.is_ack() => match confirm.take_message() {
+                None => Ok(()),
+                Some(_) => Err(PublishError::Unroutable(routing_key.to_owned())),
+            },
+            Ok(_) => Err(PublishError::Nacked),
+            Err(e) => {
+                self.broken.notify_one();
+                Err(PublishError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}
+
+async fn supervise(
+    url: String,
+    name: String,
+    topology: Topology,
+    link: watch::Sender<Option<Channel>>,
+    broken: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    while !stop.is_cancelled() {
+        let setup = async {
+            let connection = connect(&url, &name).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            topology.declare(&channel).await?;
+            Ok::<_, Error>((connection, channel))
+        };
+        let attempt = tokio::select! {
+            r = setup => r,
+            _ = stop.cancelled() => break,
+        };
+        match attempt {
+            Ok((connection, channel)) => {
+                tracing::info!(
+                    broker = %redact_url(&url),
+                    queue = %topology.queue,
+                    "publisher connected"
+                );
+                backoff.reset();
+                link.send_replace(Some(channel));
+                tokio::select! {
+                    _ = link_lost(&connection) => {}
+                    _ = broken.notified() => {}
+                    _ = stop.cancelled() => {}
+                }
+                link.send_replace(None);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    connection.close(200, "cloudimg publisher closing".into()),
+                )
+                .await;
+                if !stop.is_cancelled() {
+                    tracing::warn!("publisher lost the broker link; reconnecting");
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    broker = %redact_url(&url),
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot set up the broker link"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    link.send_replace(None);
+}
+
+/// A header table with `x-cloudimg-job-id` set.
+pub fn job_headers(job_id: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_JOB_ID.into(), AMQPValue::LongString(job_id.into()));
+    headers
+}
+
+/// A string header's value, if present.
+pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    headers?.inner().get(name).and_then(|v| match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    })
+}
+
+/// A long-string header value.
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_queue_dead_letters_to_its_dot_dead_queue() {
+        let t = Topology {
+            queue: "images".into(),
+            queue_type: QueueType::Classic,
+        };
+        assert_eq!(t.dead_letter_queue(), "images.dead");
+        let args = t.queue_arguments();
+        assert_eq!(
+            header_str(Some(&args), "x-dead-letter-routing-key").as_deref(),
+            Some("images.dead")
+        );
+        assert_eq!(
+            header_str(Some(&args), "x-dead-letter-exchange").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            header_str(Some(&args), "x-queue-type").as_deref(),
+            Some("classic")
+        );
+    }
+}

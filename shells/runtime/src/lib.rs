@@ -1,0 +1,30 @@
+//! What two or more cloudimg shells share, and nothing else: the generated schema ([`proto`]), job
+//! ids and object keys ([`jobs`]), settings read once at the edge ([`settings`]), logging
+//! ([`telemetry`]), the shutdown signal ([`shutdown`]), retry pacing ([`backoff`]), the broker
+//! topology and link supervisor ([`amqp`], feature `amqp`) and the object stores ([`store`]; S3 with
+//! feature `s3`).
+//!
+//! The `cloudimg` CLI depends on this crate without features, so it compiles neither lapin nor the
+//! AWS SDK.
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+pub mod backoff;
+mod error;
+pub mod jobs;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+/// The generated gRPC service and queue messages (`proto/cloudimg/v1/image_service.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("cloudimg.v1");
+
+    /// The full gRPC name of the service, as the health service reports it.
+    pub const SERVICE_NAME: &str = "cloudimg.v1.ImageService";
+}

@@ -1,0 +1,239 @@
+//! Settings shared by the shells, in two layers (as ripgrep does): clap argument groups that read
+//! flags with environment fallbacks, named as ARCHITECTURE.md's contracts say, and the typed
+//! settings they turn into once, at the edge. Library code only ever sees the typed layer.
+
+use std::path::PathBuf;
+
+use cloudimg_engine::Limits;
+
+use crate::{Error, Result};
+
+/// The broker's address when nothing is set.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The broker and the queue (producer and worker).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Broker URL (`amqps://` for TLS) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
+    /// The seed's setting: the broker's host, used only when AMQP_URL is unset.
+    #[arg(long, env = "RABBIT_HOST")]
+    pub rabbit_host: Option<String>,
+    /// The work queue; its dead-letter queue is `<queue>.dead`.
+    #[arg(long, env = "CLOUDIMG_QUEUE", default_value = "images")]
+    pub queue: String,
+    /// `classic` or `quorum`. Producer and worker must agree (they declare the same queue).
+    #[arg(long, env = "CLOUDIMG_QUEUE_TYPE", default_value = "classic")]
+    pub queue_type: QueueType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+/// Where the broker is and which queue the jobs use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    pub url: String,
+    pub queue: String,
+    pub queue_type: QueueType,
+}
+
+impl BrokerArgs {
+    pub fn settings(&self) -> Result<BrokerSettings> {
+        let url = match (&self.amqp_url, &self.rabbit_host) {
+            (Some(url), _) if !url.is_empty() => url.clone(),
+            (_, Some(host)) if !host.is_empty() => {
+                format!("amqp://guest:guest@{host}:5672/%2f")
+            }
+            _ => DEFAULT_AMQP_URL.to_owned(),
+        };
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(Error::Config(format!(
+                "AMQP_URL must start with amqp:// or amqps://, found {}",
+                redact_url(&url)
+            )));
+        }
+        if self.queue.is_empty() || self.queue.len() > 200 || self.queue.starts_with("amq.") {
+            return Err(Error::Config(format!(
+                "CLOUDIMG_QUEUE must be 1 to 200 characters and not start with `amq.`, found {:?}",
+                self.queue
+            )));
+        }
+        Ok(BrokerSettings {
+            url,
+            queue: self.queue.clone(),
+            queue_type: self.queue_type,
+        })
+    }
+}
+
+/// The object store (worker; producer for staging and job status).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// S3 bucket for results, staged uploads and failure markers. The shells never create it.
+    #[arg(long = "bucket", env = "BUCKET_NAME")]
+    pub bucket: Option<String>,
+    /// A local directory as the store, used when BUCKET_NAME is unset.
+    #[arg(long = "out-dir", env = "CLOUDIMG_OUT_DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// A custom S3 endpoint (S3-compatible servers); turns on path-style addressing.
+    #[arg(long = "s3-endpoint", env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// S3 region [default: the SDK's chain, else us-east-1].
+    #[arg(long = "s3-region", env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+/// Which store to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    S3 {
+        bucket: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+    },
+    Local {
+        dir: PathBuf,
+    },
+    /// No store: the producer then cannot stage uploads or answer `GetJob`.
+    None,
+}
+
+impl StoreArgs {
+    pub fn settings(&self) -> StoreSettings {
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        match (nonempty(&self.bucket), &self.out_dir) {
+            (Some(bucket), _) => StoreSettings::S3 {
+                bucket,
+                endpoint: nonempty(&self.endpoint),
+                region: nonempty(&self.region),
+            },
+            (None, Some(dir)) if !dir.as_os_str().is_empty() => {
+                StoreSettings::Local { dir: dir.clone() }
+            }
+            _ => StoreSettings::None,
+        }
+    }
+}
+
+/// Input limits shared by producer and worker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest upload accepted, in bytes.
+    #[arg(long, env = "CLOUDIMG_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
+    pub max_upload_bytes: u64,
+    /// Largest image accepted, in pixels (width times height), checked from the header.
+    #[arg(long, env = "CLOUDIMG_MAX_PIXELS", default_value_t = Limits::default().max_pixels)]
+    pub max_pixels: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_upload_bytes,
+            max_pixels: self.max_pixels,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `text` (for people) or `json` (one object per line, for log pipelines).
+    #[arg(long, env = "CLOUDIMG_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Which events to log, as a tracing filter (`info`, `cloudimg_worker=debug,info`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The URL with any password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(amqp_url: Option<&str>, rabbit_host: Option<&str>) -> BrokerArgs {
+        BrokerArgs {
+            amqp_url: amqp_url.map(str::to_owned),
+            rabbit_host: rabbit_host.map(str::to_owned),
+            queue: "images".into(),
+            queue_type: QueueType::Classic,
+        }
+    }
+
+    #[test]
+    fn amqp_url_wins_then_rabbit_host_then_the_default() {
+        let s = broker(Some("amqps://u:p@mq:5671/v"), Some("ignored")).settings();
+        assert_eq!(s.unwrap().url, "amqps://u:p@mq:5671/v");
+        let s = broker(None, Some("rabbit")).settings().unwrap();
+        assert_eq!(s.url, "amqp://guest:guest@rabbit:5672/%2f");
+        let s = broker(Some(""), None).settings().unwrap();
+        assert_eq!(s.url, DEFAULT_AMQP_URL);
+        assert!(broker(Some("http://x"), None).settings().is_err());
+    }
+
+    #[test]
+    fn bucket_wins_over_the_local_directory() {
+        let args = StoreArgs {
+            bucket: Some("b".into()),
+            out_dir: Some("out".into()),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: None,
+        };
+        assert!(
+            matches!(args.settings(), StoreSettings::S3 { bucket, endpoint: Some(_), .. } if bucket == "b")
+        );
+        let args = StoreArgs {
+            bucket: None,
+            ..args
+        };
+        assert_eq!(args.settings(), StoreSettings::Local { dir: "out".into() });
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(redact_url("amqps://u:p@ss@host/"), "amqps://u:***@host/");
+    }
+}

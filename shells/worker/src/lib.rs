@@ -1,0 +1,182 @@
+//! `cloudimg-worker`: consumes `ImageJob`s, converts them on the engine's thread pool (never on a
+//! tokio thread), writes each result to the store and acks only after the write succeeded.
+//!
+//! * **Prefetch = concurrency**: the broker hands over at most as many jobs as the engine pool has
+//!   threads, so memory is bounded by `concurrency` images and the pool never idles while jobs
+//!   wait in the queue. Each delivery becomes one pool task bridged back with a oneshot; the pool
+//!   is the batch, so a fast image never waits for a slow one to share its ack.
+//! * **Poison** (every engine error, and messages the worker cannot use) goes to `<queue>.dead` with
+//!   `x-cloudimg-job-id` / `x-cloudimg-error` headers after a `failed/<job_id>.json` marker is
+//!   written, and is then acked: it never blocks the queue or loops.
+//! * **Transient** store errors are retried with backoff while the job is held; nothing transient
+//!   is ever dead-lettered.
+//! * **Link loss**: the consume loop reconnects with backoff; jobs in flight on the lost link stop
+//!   retrying and are redelivered by the broker. Redeliveries are idempotent: output keys are per
+//!   job, and a redelivered job whose result exists is acked without converting again.
+//! * **Shutdown** (SIGTERM/SIGINT): cancel the consumer, finish and ack what is held, close, exit 0.
+#![forbid(unsafe_code)]
+
+mod config;
+mod job;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudimg_engine::batch::Pool;
+use cloudimg_runtime::amqp::{self, Topology};
+use cloudimg_runtime::backoff::Backoff;
+use cloudimg_runtime::settings::redact_url;
+use cloudimg_runtime::store::Store;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Args, Config};
+
+/// Everything that stops the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] cloudimg_runtime::Error),
+    #[error("the worker needs a store: set BUCKET_NAME or CLOUDIMG_OUT_DIR")]
+    NoStore,
+    #[error("cannot start the engine pool: {0}")]
+    Pool(std::io::Error),
+}
+
+/// What every job task shares.
+pub(crate) struct Context {
+    pub store: Store,
+    pub pool: Pool,
+    pub topology: Topology,
+    pub limits: cloudimg_engine::Limits,
+}
+
+/// Consumes until `shutdown` is cancelled, reconnecting whenever the broker link fails; then drains.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = Store::open(&config.store).await?.ok_or(Error::NoStore)?;
+    let pool = Pool::new(config.concurrency).map_err(Error::Pool)?;
+    tracing::info!(
+        store = %store.describe(),
+        queue = %config.broker.queue,
+        concurrency = config.concurrency,
+        simd = ?cloudimg_engine::simd_path(),
+        "worker starting"
+    );
+    let ctx = Arc::new(Context {
+        store,
+        pool,
+        topology: Topology::new(&config.broker),
+        limits: config.limits,
+    });
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        match session(&ctx, &config, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    broker = %redact_url(&config.broker.url),
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "broker link down; reconnecting"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// One connection's life: set up, consume until shutdown (`Ok`, drained) or link loss (`Err`).
+async fn session(
+    ctx: &Arc<Context>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), cloudimg_runtime::Error> {
+    let connection = amqp::connect(&config.broker.url, "cloudimg-worker").await?;
+    let channel = connection.create_channel().await?;
+    ctx.topology.declare(&channel).await?;
+    channel
+        .basic_qos(config.concurrency as u16, BasicQosOptions::default())
+        .await?;
+    let dead_letters = connection.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            ctx.topology.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %ctx.topology.queue, prefetch = config.concurrency, "worker consuming");
+
+    let tracker = TaskTracker::new();
+    let link = CancellationToken::new();
+    let link_lost = amqp::link_lost(&connection);
+    tokio::pin!(link_lost);
+    let lost = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break None,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tracker.spawn(job::handle(
+                        ctx.clone(),
+                        delivery,
+                        dead_letters.clone(),
+                        link.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break Some("the consumer was cancelled".to_owned()),
+            },
+            _ = &mut link_lost => break Some("connection lost".to_owned()),
+        }
+    };
+    match lost {
+        None => {
+            // Drain: no new deliveries; finish and ack what we hold. Deliveries prefetched but not
+            // started are released when the channel closes, and the broker requeues them.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            tracker.close();
+            tracker.wait().await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.close(200, "cloudimg worker shutting down".into()),
+            )
+            .await;
+            Ok(())
+        }
+        Some(reason) => {
+            // The jobs in flight can no longer be acked on this link; the broker redelivers them.
+            link.cancel();
+            tracker.close();
+            tracker.wait().await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                connection.close(200, "cloudimg worker reconnecting".into()),
+            )
+            .await;
+            Err(cloudimg_runtime::Error::LinkLost(reason))
+        }
+    }
+}

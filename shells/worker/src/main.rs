@@ -1,0 +1,25 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use cloudimg_runtime::{shutdown, telemetry};
+use cloudimg_worker::Args;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(&args.log);
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cloudimg_worker::run(config, shutdown::on_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "worker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The worker in-process against the real broker, with a local-directory store: a job becomes a
+//! result and an ack; poison goes to `<queue>.dead` with its headers and a failure marker; a
+//! staged upload is fetched and deleted once the result exists; shutdown drains.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cloudimg_engine::Limits;
+use cloudimg_runtime::amqp::header_str;
+use cloudimg_runtime::jobs::{FailureMarker, JobId};
+use cloudimg_runtime::proto::{ConvertOptions, ImageJob, StagedObject, image_job};
+use cloudimg_runtime::settings::{BrokerSettings, QueueType, StoreSettings};
+use cloudimg_worker::Config;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel};
+use prost::Message;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+struct Worker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), cloudimg_worker::Error>>,
+}
+
+fn start_worker(queue: &str, dir: &Path) -> Worker {
+    let config = Config {
+        broker: BrokerSettings {
+            url: amqp_url(),
+            queue: queue.to_owned(),
+            queue_type: QueueType::Classic,
+        },
+        store: StoreSettings::Local {
+            dir: dir.to_path_buf(),
+        },
+        concurrency: 2,
+        limits: Limits::default(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(cloudimg_worker::run(config, stop.clone()));
+    Worker { stop, task }
+}
+
+impl Worker {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the worker drains within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn publisher(connection: &lapin::Connection, queue: &str) -> Channel {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let topology = cloudimg_runtime::amqp::Topology {
+        queue: queue.to_owned(),
+        queue_type: QueueType::Classic,
+    };
+    topology.declare(&channel).await.unwrap();
+    channel
+}
+
+async fn publish(channel: &Channel, queue: &str, body: &[u8], job_id: &str) {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(cloudimg_runtime::amqp::job_headers(job_id)),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}
+
+fn job(id: &JobId, payload: image_job::Payload) -> ImageJob {
+    ImageJob {
+        job_id: id.to_string(),
+        output_key: id.result_key(cloudimg_engine::OutputFormat::Jpeg),
+        options: Some(ConvertOptions::default()),
+        source_name: "photo.jpg".into(),
+        payload: Some(payload),
+        accepted_unix_ms: 0,
+    }
+}
+
+async fn wait_for_file(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if path.is_file() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_becomes_a_grayscale_result_and_a_staged_upload_is_cleaned_up() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let queue = unique_queue("worker-ok");
+    let dir = TempDir::new("worker-ok");
+    let channel = publisher(&connection, &queue).await;
+    let worker = start_worker(&queue, &dir.0);
+
+    let inline = JobId::random();
+    let data = fixture_jpeg(120, 80, 1, 30, 90);
+    publish(
+        &channel,
+        &queue,
+        &job(&inline, image_job::Payload::Inline(Bytes::from(data))).encode_to_vec(),
+        &inline.to_string(),
+    )
+    .await;
+
+    let staged = JobId::random();
+    let staged_path = dir.0.join(staged.staging_key());
+    std::fs::create_dir_all(staged_path.parent().unwrap()).unwrap();
+    let data = fixture_jpeg(64, 96, 2, 30, 90);
+    std::fs::write(&staged_path, &data).unwrap();
+    let body = job(
+        &staged,
+        image_job::Payload::Staged(StagedObject {
+            key: staged.staging_key(),
+            size: data.len() as u64,
+        }),
+    )
+    .encode_to_vec();
+    publish(&channel, &queue, &body, &staged.to_string()).await;
+
+    for (id, (w, h)) in [(inline, (120u16, 80u16)), (staged, (64, 96))] {
+        let result = dir
+            .0
+            .join(id.result_key(cloudimg_engine::OutputFormat::Jpeg));
+        assert!(
+            wait_for_file(&result, Duration::from_secs(30)).await,
+            "no result for {id}"
+        );
+        let bytes = std::fs::read(&result).unwrap();
+        let mut d = jpeg_decoder::Decoder::new(&bytes[..]);
+        d.decode().unwrap();
+        let info = d.info().unwrap();
+        assert_eq!(info.pixel_format, jpeg_decoder::PixelFormat::L8);
+        assert_eq!((info.width, info.height), (w, h));
+    }
+    // The staged upload is deleted once its result exists (right after the write, before the ack).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while staged_path.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!staged_path.exists(), "the staged upload was not deleted");
+    worker.stop().await;
+    // Both were acked: nothing is left on either queue.
+    assert_eq!(message_count(&connection, &queue).await, 0);
+    assert_eq!(
+        message_count(&connection, &format!("{queue}.dead")).await,
+        0
+    );
+    delete_queues(&connection, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let queue = unique_queue("worker-poison");
+    let dir = TempDir::new("worker-poison");
+    let channel = publisher(&connection, &queue).await;
+    let worker = start_worker(&queue, &dir.0);
+
+    // A truncated JPEG: the engine refuses it (permanent), so it must not be retried.
+    let truncated = JobId::random();
+    let mut data = fixture_jpeg(200, 150, 3, 50, 90);
+    data.truncate(data.len() / 2);
+    publish(
+        &channel,
+        &queue,
+        &job(&truncated, image_job::Payload::Inline(Bytes::from(data))).encode_to_vec(),
+        &truncated.to_string(),
+    )
+    .await;
+    // Not an ImageJob at all.
+    publish(&channel, &queue, b"\xff\xff garbage", "not-a-job").await;
+    // A job whose staged upload does not exist.
+    let missing = JobId::random();
+    let body = job(
+        &missing,
+        image_job::Payload::Staged(StagedObject {
+            key: missing.staging_key(),
+            size: 10,
+        }),
+    )
+    .encode_to_vec();
+    publish(&channel, &queue, &body, &missing.to_string()).await;
+
+    let marker = dir.0.join(truncated.failure_key());
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(30)).await,
+        "no failure marker"
+    );
+    let marker: FailureMarker = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(marker.job_id, truncated.to_string());
+    assert_eq!(marker.kind, "invalid");
+    assert_eq!(marker.source_name, "photo.jpg");
+    assert!(wait_for_file(&dir.0.join(missing.failure_key()), Duration::from_secs(30)).await);
+
+    let dead = format!("{queue}.dead");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut messages = Vec::new();
+    while messages.len() < 3 && Instant::now() < deadline {
+        match channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => messages.push(m.delivery),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(messages.len(), 3, "expected 3 dead letters");
+    let mut by_job = std::collections::BTreeMap::new();
+    for m in &messages {
+        let headers = m.properties.headers().clone();
+        let id = header_str(headers.as_ref(), "x-cloudimg-job-id").expect("job id header");
+        let error = header_str(headers.as_ref(), "x-cloudimg-error").expect("error header");
+        by_job.insert(id, error);
+    }
+    assert!(
+        by_job[&truncated.to_string()].contains("invalid JPEG"),
+        "{by_job:?}"
+    );
+    assert!(
+        by_job[&missing.to_string()].contains("missing"),
+        "{by_job:?}"
+    );
+    assert!(by_job["not-a-job"].contains("ImageJob"), "{by_job:?}");
+    // Nothing else landed and nothing is stuck on the work queue.
+    assert!(!dir.0.join("gray").exists());
+    worker.stop().await;
+    assert_eq!(message_count(&connection, &queue).await, 0);
+    delete_queues(&connection, &queue).await;
+}
