@@ -257,17 +257,25 @@ async fn supervise(
                     "publisher connected"
                 );
                 backoff.reset();
-                link.send_replace(Some(channel));
+                link.send_replace(Some(channel.clone()));
                 tokio::select! {
                     _ = link_lost(&connection) => {}
                     _ = broken.notified() => {}
                     _ = stop.cancelled() => {}
                 }
                 link.send_replace(None);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    connection.close(200, "cloudimg publisher closing".into()),
-                )
+                // Channel first, then connection: dropping the last channel handle while the
+                // connection closes makes lapin log a spurious error.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    if channel.status().connected() {
+                        let _ = channel
+                            .close(200, "cloudimg publisher closing".into())
+                            .await;
+                    }
+                    let _ = connection
+                        .close(200, "cloudimg publisher closing".into())
+                        .await;
+                })
                 .await;
                 if !stop.is_cancelled() {
                     tracing::warn!("publisher lost the broker link; reconnecting");
