@@ -170,12 +170,22 @@ fn read_header(data: &[u8], limits: &Limits) -> Result<(ImageInfo, Header)> {
     match sniff(data)? {
         Format::Jpeg => {
             let frame = jpeg::read_frame(data, limits)?;
-            let info = ImageInfo { format: Format::Jpeg, width: frame.width, height: frame.height, orientation: frame.orientation };
+            let info = ImageInfo {
+                format: Format::Jpeg,
+                width: frame.width,
+                height: frame.height,
+                orientation: frame.orientation,
+            };
             Ok((info, Header::Jpeg(frame)))
         }
         Format::Png => {
             let header = png::read_header(data, limits)?;
-            let info = ImageInfo { format: Format::Png, width: header.width, height: header.height, orientation: header.orientation };
+            let info = ImageInfo {
+                format: Format::Png,
+                width: header.width,
+                height: header.height,
+                orientation: header.orientation,
+            };
             Ok((info, Header::Png))
         }
     }
@@ -213,23 +223,39 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
         }
         Header::Png => {
             let flatten_alpha = options.format == OutputFormat::Jpeg;
-            stages.time(Stage::Decode, || png::decode(data, &options.limits, flatten_alpha))?
+            stages.time(Stage::Decode, || {
+                png::decode(data, &options.limits, flatten_alpha)
+            })?
         }
     };
     encode_pixels(image, source, options, stages)
 }
 
-fn encode_pixels(image: pixels::GrayImage, source: ImageInfo, options: &Options, mut stages: StageTimes) -> Result<Converted> {
+fn encode_pixels(
+    image: pixels::GrayImage,
+    source: ImageInfo,
+    options: &Options,
+    mut stages: StageTimes,
+) -> Result<Converted> {
     // Only a JPEG source has quantization to keep; every other source takes the default.
     let quality = match options.quality {
         Quality::Level(q) => q,
         Quality::Source => 85,
     };
-    let (data, width, height, orientation) = stages.time(Stage::Encode, || match options.format {
-        OutputFormat::Jpeg => jpeg::encode_plane(&image.luma, image.width, image.height, quality, source.orientation)
+    let (data, width, height, orientation) =
+        stages.time(Stage::Encode, || match options.format {
+            OutputFormat::Jpeg => jpeg::encode_plane(
+                &image.luma,
+                image.width,
+                image.height,
+                quality,
+                source.orientation,
+            )
             .map(|d| (d, image.width, image.height, source.orientation)),
-        OutputFormat::Png => image.encode_png(source.orientation).map(|(d, w, h)| (d, w, h, Orientation::NORMAL)),
-    })?;
+            OutputFormat::Png => image
+                .encode_png(source.orientation)
+                .map(|(d, w, h)| (d, w, h, Orientation::NORMAL)),
+        })?;
     Ok(Converted {
         data,
         format: options.format,

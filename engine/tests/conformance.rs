@@ -4,11 +4,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use cloudimg_engine::batch::Pool;
-use cloudimg_engine::{convert, Options};
-use support::{decode_output, manifest, psnr, reference_luma, Entry};
+use cloudimg_engine::{Options, convert};
+use support::{Entry, decode_output, manifest, psnr, reference_luma};
 
 /// Every photo in `bench/` and `bench-progressive/` must reach this PSNR at quality 85.
 const PHOTO_MIN_DB: f64 = 38.0;
@@ -55,10 +55,24 @@ enum Outcome {
 
 fn check(root: &std::path::Path, entry: &Entry) -> Result<Outcome, String> {
     let data = std::fs::read(root.join(&entry.path)).map_err(|e| format!("cannot read: {e}"))?;
-    let result = catch_unwind(AssertUnwindSafe(|| convert(&data, &Options::default())))
-        .map_err(|panic| format!("PANICKED: {:?}", panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied())))?;
+    let result = catch_unwind(AssertUnwindSafe(|| convert(&data, &Options::default()))).map_err(
+        |panic| {
+            format!(
+                "PANICKED: {:?}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or(panic.downcast_ref::<&str>().copied())
+            )
+        },
+    )?;
     let converted = match (entry.expect.as_str(), result) {
-        ("reject", Ok(c)) => return Err(format!("accepted a file marked reject ({}x{})", c.width, c.height)),
+        ("reject", Ok(c)) => {
+            return Err(format!(
+                "accepted a file marked reject ({}x{})",
+                c.width, c.height
+            ));
+        }
         ("ok", Err(e)) => return Err(format!("refused a file marked ok: {e}")),
         (_, Err(_)) => return Ok(Outcome::Refused),
         (_, Ok(c)) => c,
@@ -66,14 +80,27 @@ fn check(root: &std::path::Path, entry: &Entry) -> Result<Outcome, String> {
     // Whatever was accepted must be a one-channel JPEG that displays at the source's size.
     let output = decode_output(&converted.data)?;
     if output.channels != 1 {
-        return Err(format!("output has {} channels, expected 1", output.channels));
+        return Err(format!(
+            "output has {} channels, expected 1",
+            output.channels
+        ));
     }
     let stored = (output.gray.width as u32, output.gray.height as u32);
-    let displayed = if output.orientation >= 5 { (stored.1, stored.0) } else { stored };
+    let displayed = if output.orientation >= 5 {
+        (stored.1, stored.0)
+    } else {
+        stored
+    };
     if entry.expect == "ok" && displayed != entry.displayed() {
         return Err(format!(
             "output displays at {}x{} (stored {}x{}, orientation {}), the source at {}x{}",
-            displayed.0, displayed.1, stored.0, stored.1, output.orientation, entry.displayed().0, entry.displayed().1
+            displayed.0,
+            displayed.1,
+            stored.0,
+            stored.1,
+            output.orientation,
+            entry.displayed().0,
+            entry.displayed().1
         ));
     }
     if entry.expect != "ok" {
@@ -86,14 +113,22 @@ fn check(root: &std::path::Path, entry: &Entry) -> Result<Outcome, String> {
             output.gray.width, output.gray.height, reference.width, reference.height
         ));
     }
-    Ok(Outcome::Converted { psnr: Some(psnr(&output.gray, &reference)) })
+    Ok(Outcome::Converted {
+        psnr: Some(psnr(&output.gray, &reference)),
+    })
 }
 
 #[test]
 fn every_manifest_entry_behaves_as_expected() {
-    let Some(root) = support::corpus() else { return };
+    let Some(root) = support::corpus() else {
+        return;
+    };
     let entries = manifest(&root);
-    assert!(entries.len() > 600, "the manifest lists {} files, expected the whole corpus", entries.len());
+    assert!(
+        entries.len() > 600,
+        "the manifest lists {} files, expected the whole corpus",
+        entries.len()
+    );
     let pool = Pool::new(0).expect("pool");
     let outcomes = pool.map(&entries, |entry| check(&root, entry));
 
@@ -113,7 +148,10 @@ fn every_manifest_entry_behaves_as_expected() {
                     other => class_min_db(other),
                 };
                 if db < bound {
-                    failures.push(format!("{} [ok]: PSNR {db:.2} dB, below the bound of {bound} dB for {class}", entry.path));
+                    failures.push(format!(
+                        "{} [ok]: PSNR {db:.2} dB, below the bound of {bound} dB for {class}",
+                        entry.path
+                    ));
                 }
                 if std::env::var_os("CONFORMANCE_LIST").is_some() {
                     println!("{db:8.2} {}", entry.path);
@@ -122,12 +160,22 @@ fn every_manifest_entry_behaves_as_expected() {
             }
         }
     }
-    println!("{converted} converted, {refused} refused, {} mismatches", failures.len());
-    println!("{:<40} {:>5} {:>9} {:>9}", "class (ok files)", "files", "min dB", "mean dB");
+    println!(
+        "{converted} converted, {refused} refused, {} mismatches",
+        failures.len()
+    );
+    println!(
+        "{:<40} {:>5} {:>9} {:>9}",
+        "class (ok files)", "files", "min dB", "mean dB"
+    );
     for (class, dbs) in &by_class {
         let finite: Vec<f64> = dbs.iter().copied().filter(|d| d.is_finite()).collect();
         let min = dbs.iter().copied().fold(f64::INFINITY, f64::min);
-        let mean = if finite.is_empty() { f64::INFINITY } else { finite.iter().sum::<f64>() / finite.len() as f64 };
+        let mean = if finite.is_empty() {
+            f64::INFINITY
+        } else {
+            finite.iter().sum::<f64>() / finite.len() as f64
+        };
         println!("{class:<40} {:>5} {min:>9.2} {mean:>9.2}", dbs.len());
     }
     if let Some(bench) = by_class.get("bench") {
@@ -138,5 +186,10 @@ fn every_manifest_entry_behaves_as_expected() {
     } else {
         failures.push("no bench/ photo was checked".into());
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -81,17 +81,29 @@ fn outputs(inputs: &[PathBuf], dir: &Path) -> Vec<Result<PathBuf, String>> {
         .map(|input| {
             let stem = input.file_stem().unwrap_or(input.as_os_str());
             let out = dir.join(stem).with_extension("jpg");
-            if taken.insert(out.clone()) { Ok(out) } else { Err(format!("output {} is already taken in this run", out.display())) }
+            if taken.insert(out.clone()) {
+                Ok(out)
+            } else {
+                Err(format!(
+                    "output {} is already taken in this run",
+                    out.display()
+                ))
+            }
         })
         .collect()
 }
 
-fn convert_one(input: &Path, output: Option<&Result<PathBuf, String>>, options: &Options) -> Result<Outcome, String> {
+fn convert_one(
+    input: &Path,
+    output: Option<&Result<PathBuf, String>>,
+    options: &Options,
+) -> Result<Outcome, String> {
     let output = output.map(|o| o.as_ref()).transpose()?;
     let data = std::fs::read(input).map_err(|e| format!("cannot read: {e}"))?;
     let converted = cloudimg_engine::convert(&data, options).map_err(|e| e.to_string())?;
     if let Some(path) = output {
-        std::fs::write(path, &converted.data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(path, &converted.data)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(Outcome {
         megapixels: f64::from(converted.source.width) * f64::from(converted.source.height) / 1e6,
@@ -106,18 +118,25 @@ fn run(args: &Args) -> Result<bool, String> {
         return Err("no input images".into());
     }
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let outputs = args.out.as_deref().map(|dir| outputs(&inputs, dir));
     let options = Options {
         quality: args.quality,
-        path: if args.pixels { PathChoice::Pixels } else { PathChoice::Auto },
+        path: if args.pixels {
+            PathChoice::Pixels
+        } else {
+            PathChoice::Auto
+        },
         ..Options::default()
     };
     let pool = Pool::new(args.threads).map_err(|e| format!("cannot start the thread pool: {e}"))?;
     let indexed: Vec<usize> = (0..inputs.len()).collect();
     let start = Instant::now();
-    let results = pool.map(&indexed, |&i| convert_one(&inputs[i], outputs.as_ref().map(|o| &o[i]), &options));
+    let results = pool.map(&indexed, |&i| {
+        convert_one(&inputs[i], outputs.as_ref().map(|o| &o[i]), &options)
+    });
     let wall = start.elapsed();
 
     let mut stages = StageTimes::default();
@@ -133,16 +152,24 @@ fn run(args: &Args) -> Result<bool, String> {
             }
             Err(e) => {
                 eprintln!("failed: {}: {e}", input.display());
-                failures.push(serde_json::json!({ "file": input.display().to_string(), "error": e }));
+                failures
+                    .push(serde_json::json!({ "file": input.display().to_string(), "error": e }));
             }
         }
     }
     let secs = wall.as_secs_f64();
     let simd = cloudimg_engine::simd_path();
-    println!("images        {images} ({coefficient_images} on the coefficient path, {} on the pixel path)", images - coefficient_images);
+    println!(
+        "images        {images} ({coefficient_images} on the coefficient path, {} on the pixel path)",
+        images - coefficient_images
+    );
     println!("megapixels    {megapixels:.1}");
     println!("wall time     {secs:.3} s");
-    println!("throughput    {:.1} MP/s, {:.2} images/s", megapixels / secs, images as f64 / secs);
+    println!(
+        "throughput    {:.1} MP/s, {:.2} images/s",
+        megapixels / secs,
+        images as f64 / secs
+    );
     println!("threads       {}", pool.threads());
     println!("simd path     {simd}");
     println!("quality       {}", args.quality);
@@ -160,14 +187,18 @@ fn run(args: &Args) -> Result<bool, String> {
         }
     }
     if coefficient_images > 0 {
-        println!("  (requantization runs inside the entropy encoder's loop; its time is part of `entropy encode`)");
+        println!(
+            "  (requantization runs inside the entropy encoder's loop; its time is part of `entropy encode`)"
+        );
     }
     if !failures.is_empty() {
         println!("failures      {}", failures.len());
     }
     if let Some(path) = &args.json {
-        let stage_json: serde_json::Map<String, serde_json::Value> =
-            Stage::ALL.iter().map(|&s| (s.name().to_string(), stages.get(s).as_secs_f64().into())).collect();
+        let stage_json: serde_json::Map<String, serde_json::Value> = Stage::ALL
+            .iter()
+            .map(|&s| (s.name().to_string(), stages.get(s).as_secs_f64().into()))
+            .collect();
         let summary = serde_json::json!({
             "images": images,
             "coefficient_path_images": coefficient_images,
@@ -181,8 +212,11 @@ fn run(args: &Args) -> Result<bool, String> {
             "stages_s": stage_json,
             "failures": failures,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&summary).expect("json") + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&summary).expect("json") + "\n",
+        )
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(failures.is_empty())
 }

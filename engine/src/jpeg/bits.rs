@@ -28,7 +28,9 @@ impl ScanData {
         let mut pos = start;
         loop {
             let Some(ff) = memchr::memchr(0xFF, &data[pos..]) else {
-                return Err(invalid("truncated: the file ends inside entropy-coded data"));
+                return Err(invalid(
+                    "truncated: the file ends inside entropy-coded data",
+                ));
             };
             self.bytes.extend_from_slice(&data[pos..pos + ff]);
             pos += ff;
@@ -51,7 +53,11 @@ impl ScanData {
                     self.bytes.resize(self.end + PADDING, 0);
                     return Ok(pos);
                 }
-                None => return Err(invalid("truncated: the file ends inside entropy-coded data")),
+                None => {
+                    return Err(invalid(
+                        "truncated: the file ends inside entropy-coded data",
+                    ));
+                }
             }
         }
     }
@@ -77,7 +83,11 @@ pub(crate) fn skip_scan(data: &[u8], start: usize) -> Result<usize> {
         match data.get(next) {
             Some(0x00 | 0xD0..=0xD7) => pos = next + 1,
             Some(_) => return Ok(pos),
-            None => return Err(invalid("truncated: the file ends inside entropy-coded data")),
+            None => {
+                return Err(invalid(
+                    "truncated: the file ends inside entropy-coded data",
+                ));
+            }
         }
     }
 }
@@ -95,7 +105,12 @@ pub(crate) struct BitReader<'a> {
 
 impl<'a> BitReader<'a> {
     pub fn new(data: &'a [u8], start: usize) -> Self {
-        BitReader { data, pos: start, buf: 0, bits: 0 }
+        BitReader {
+            data,
+            pos: start,
+            buf: 0,
+            bits: 0,
+        }
     }
 
     /// Makes at least 56 bits valid. Branch-light: one 8-byte load where the data allows
@@ -196,7 +211,11 @@ pub(crate) struct BitWriter {
 
 impl BitWriter {
     pub fn new(out: Vec<u8>) -> Self {
-        BitWriter { out, acc: 0, count: 0 }
+        BitWriter {
+            out,
+            acc: 0,
+            count: 0,
+        }
     }
 
     /// Appends the low `len` bits of `bits` (len at most 32).
@@ -252,7 +271,14 @@ mod tests {
     fn written_bits_read_back_through_stuffing_and_restarts() {
         // Write a pattern that produces 0xFF bytes, with a restart marker in the middle.
         let mut w = BitWriter::new(vec![]);
-        let fields: Vec<(u32, u32)> = (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> (32 - (i % 17 + 1)), i % 17 + 1)).collect();
+        let fields: Vec<(u32, u32)> = (0..200u32)
+            .map(|i| {
+                (
+                    i.wrapping_mul(2654435761) >> (32 - (i % 17 + 1)),
+                    i % 17 + 1,
+                )
+            })
+            .collect();
         for &(v, n) in &fields {
             w.put(v, n);
         }

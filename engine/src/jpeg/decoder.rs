@@ -8,9 +8,9 @@
 //! every scan before any block is final, so they keep the whole luma plane
 //! (`blocks x 136` bytes: 25 MB for 12 megapixels).
 
-use super::bits::{skip_scan, BitReader, ScanData};
-use super::huffman::{extend, DecodeTable, LOOKAHEAD};
-use super::markers::{self, invalid, Coding, Frame, Segments};
+use super::bits::{BitReader, ScanData, skip_scan};
+use super::huffman::{DecodeTable, LOOKAHEAD, extend};
+use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
 use crate::error::{Error, Result};
 
@@ -23,10 +23,17 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    pub const ZERO: Block = Block { coef: [0; 64], mask: 0 };
+    pub const ZERO: Block = Block {
+        coef: [0; 64],
+        mask: 0,
+    };
 
     fn compute_mask(&mut self) {
-        self.mask = self.coef.iter().enumerate().fold(0u64, |m, (k, &c)| m | (u64::from(c != 0) << k));
+        self.mask = self
+            .coef
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (k, &c)| m | (u64::from(c != 0) << k));
     }
 }
 
@@ -113,7 +120,11 @@ impl<'a> Decoder<'a> {
                 markers::DHT => {
                     for (slot, spec) in tables::parse_dht(segments.payload()?)? {
                         let table = DecodeTable::new(&spec, slot.class == 1)?;
-                        let tables = if slot.class == 0 { &mut self.dc } else { &mut self.ac };
+                        let tables = if slot.class == 0 {
+                            &mut self.dc
+                        } else {
+                            &mut self.ac
+                        };
                         tables[usize::from(slot.id)] = Some(table);
                     }
                     self.saw_dht = true;
@@ -125,7 +136,11 @@ impl<'a> Decoder<'a> {
                     }
                     self.restart_interval = usize::from(u16::from_be_bytes([p[0], p[1]]));
                 }
-                markers::DNL => return Err(Error::unsupported("a JPEG whose height is defined later by a DNL marker")),
+                markers::DNL => {
+                    return Err(Error::unsupported(
+                        "a JPEG whose height is defined later by a DNL marker",
+                    ));
+                }
                 0xD0..=0xD7 | 0x01 => {}
                 _ => {
                     segments.payload()?;
@@ -133,7 +148,9 @@ impl<'a> Decoder<'a> {
             }
         }
         if !self.luma_seen {
-            return Err(invalid("the image ends (EOI) before any scan holding the luma component"));
+            return Err(invalid(
+                "the image ends (EOI) before any scan holding the luma component",
+            ));
         }
         if self.frame.coding == Coding::Progressive {
             self.emit_plane(sink)?;
@@ -151,7 +168,10 @@ impl<'a> Decoder<'a> {
     fn parse_scan_header(&mut self, p: &[u8]) -> Result<ScanHeader> {
         let count = usize::from(*p.first().ok_or_else(|| invalid("empty scan header"))?);
         if !(1..=4).contains(&count) || p.len() < 1 + 2 * count + 3 {
-            return Err(invalid(format!("scan header of {} bytes for {count} components", p.len())));
+            return Err(invalid(format!(
+                "scan header of {} bytes for {count} components",
+                p.len()
+            )));
         }
         let mut components = Vec::with_capacity(count);
         for c in p[1..1 + 2 * count].chunks_exact(2) {
@@ -160,15 +180,25 @@ impl<'a> Decoder<'a> {
                 .components
                 .iter()
                 .position(|fc| fc.id == c[0])
-                .ok_or_else(|| invalid(format!("the scan names component id {}, which the frame does not have", c[0])))?;
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "the scan names component id {}, which the frame does not have",
+                        c[0]
+                    ))
+                })?;
             // B.2.3: a scan lists its components in the frame's order (which also rules out
             // naming one twice).
             if components.last().is_some_and(|&(last, _, _)| index <= last) {
-                return Err(invalid(format!("the scan names component id {} out of the frame's order", c[0])));
+                return Err(invalid(format!(
+                    "the scan names component id {} out of the frame's order",
+                    c[0]
+                )));
             }
             let (dc, ac) = (usize::from(c[1] >> 4), usize::from(c[1] & 15));
             if dc > 3 || ac > 3 {
-                return Err(invalid(format!("the scan selects Huffman tables {dc}/{ac}, expected 0 to 3")));
+                return Err(invalid(format!(
+                    "the scan selects Huffman tables {dc}/{ac}, expected 0 to 3"
+                )));
             }
             components.push((index, dc, ac));
         }
@@ -181,10 +211,13 @@ impl<'a> Decoder<'a> {
             al: tail[2] & 15,
         };
         let ok = match self.frame.coding {
-            Coding::Sequential => header.ss == 0 && header.se == 63 && header.ah == 0 && header.al == 0,
+            Coding::Sequential => {
+                header.ss == 0 && header.se == 63 && header.ah == 0 && header.al == 0
+            }
             Coding::Progressive => {
                 let dc_scan = header.ss == 0 && header.se == 0;
-                let ac_scan = header.ss >= 1 && header.se >= header.ss && header.se <= 63 && count == 1;
+                let ac_scan =
+                    header.ss >= 1 && header.se >= header.ss && header.se <= 63 && count == 1;
                 (dc_scan || ac_scan) && header.ah <= 13 && header.al <= 13
             }
         };
@@ -198,10 +231,15 @@ impl<'a> Decoder<'a> {
             let blocks: usize = header
                 .components
                 .iter()
-                .map(|&(i, _, _)| usize::from(self.frame.components[i].h) * usize::from(self.frame.components[i].v))
+                .map(|&(i, _, _)| {
+                    usize::from(self.frame.components[i].h)
+                        * usize::from(self.frame.components[i].v)
+                })
                 .sum();
             if blocks > 10 {
-                return Err(invalid(format!("an interleaved scan of {blocks} blocks per MCU, at most 10 are allowed")));
+                return Err(invalid(format!(
+                    "an interleaved scan of {blocks} blocks per MCU, at most 10 are allowed"
+                )));
             }
         }
         Ok(header)
@@ -228,21 +266,33 @@ impl<'a> Decoder<'a> {
             (false, 0, true) => tables::std_ac_luminance(),
             (false, 1, false) => tables::std_dc_chrominance(),
             (false, 1, true) => tables::std_ac_chrominance(),
-            _ => return Err(invalid(format!("the scan uses {kind} Huffman table {id}, which was never defined"))),
+            _ => {
+                return Err(invalid(format!(
+                    "the scan uses {kind} Huffman table {id}, which was never defined"
+                )));
+            }
         };
         DecodeTable::new(&spec, is_ac)
     }
 
     /// Decodes (or skips) one scan starting at `start`; returns the position of the marker after it.
-    fn decode_scan(&mut self, header: &ScanHeader, start: usize, sink: &mut impl LumaSink) -> Result<usize> {
+    fn decode_scan(
+        &mut self,
+        header: &ScanHeader,
+        start: usize,
+        sink: &mut impl LumaSink,
+    ) -> Result<usize> {
         let has_luma = header.components.iter().any(|&(i, _, _)| i == 0);
         if !has_luma {
             return skip_scan(self.data, start);
         }
         let quant_id = usize::from(self.frame.components[0].quant_table);
         if !self.began {
-            let quant = self.quant[quant_id]
-                .ok_or_else(|| invalid(format!("the luma component uses quantization table {quant_id}, which was never defined")))?;
+            let quant = self.quant[quant_id].ok_or_else(|| {
+                invalid(format!(
+                    "the luma component uses quantization table {quant_id}, which was never defined"
+                ))
+            })?;
             sink.begin(&quant)?;
             self.began = true;
         }
@@ -272,20 +322,34 @@ impl<'a> Decoder<'a> {
             let sizes = header
                 .components
                 .iter()
-                .map(|&(i, _, _)| (usize::from(self.frame.components[i].h), usize::from(self.frame.components[i].v)))
+                .map(|&(i, _, _)| {
+                    (
+                        usize::from(self.frame.components[i].h),
+                        usize::from(self.frame.components[i].v),
+                    )
+                })
                 .collect();
             (mx, my, sizes)
         }
     }
 
-    fn sequential_scan(&mut self, header: &ScanHeader, scan: &ScanData, sink: &mut impl LumaSink) -> Result<()> {
+    fn sequential_scan(
+        &mut self,
+        header: &ScanHeader,
+        scan: &ScanData,
+        sink: &mut impl LumaSink,
+    ) -> Result<()> {
         if self.luma_seen {
             return Err(invalid("a second sequential scan holds the luma component"));
         }
         self.luma_seen = true;
         self.check_tables(header, true, true)?;
         let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
-        let luma_pos = header.components.iter().position(|&(i, _, _)| i == 0).expect("scan has luma");
+        let luma_pos = header
+            .components
+            .iter()
+            .position(|&(i, _, _)| i == 0)
+            .expect("scan has luma");
         let (luma_h, luma_v) = sizes[luma_pos];
         let stride = mcus_x * luma_h;
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
@@ -293,7 +357,12 @@ impl<'a> Decoder<'a> {
         let tables: Vec<(&DecodeTable, &DecodeTable)> = header
             .components
             .iter()
-            .map(|&(_, dc, ac)| (self.dc[dc].as_ref().expect("checked"), self.ac[ac].as_ref().expect("checked")))
+            .map(|&(_, dc, ac)| {
+                (
+                    self.dc[dc].as_ref().expect("checked"),
+                    self.ac[ac].as_ref().expect("checked"),
+                )
+            })
             .collect();
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
@@ -301,7 +370,10 @@ impl<'a> Decoder<'a> {
         let mut mcu_index = 0usize;
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
-                if self.restart_interval > 0 && mcu_index > 0 && mcu_index % self.restart_interval == 0 {
+                if self.restart_interval > 0
+                    && mcu_index > 0
+                    && mcu_index % self.restart_interval == 0
+                {
                     restart(&mut reader, scan, &mut interval)?;
                     preds = [0; 4];
                 }
@@ -345,10 +417,17 @@ impl<'a> Decoder<'a> {
         let mut eob_run = 0u32;
         let mut interval = 0usize;
         let mut mcu_index = 0usize;
-        let luma_pos = header.components.iter().position(|&(i, _, _)| i == 0).expect("scan has luma");
+        let luma_pos = header
+            .components
+            .iter()
+            .position(|&(i, _, _)| i == 0)
+            .expect("scan has luma");
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
-                if self.restart_interval > 0 && mcu_index > 0 && mcu_index % self.restart_interval == 0 {
+                if self.restart_interval > 0
+                    && mcu_index > 0
+                    && mcu_index % self.restart_interval == 0
+                {
                     restart(&mut reader, scan, &mut interval)?;
                     preds = [0; 4];
                     eob_run = 0;
@@ -405,7 +484,9 @@ impl<'a> Decoder<'a> {
             for block in row.iter_mut() {
                 let dc_ok = i32::from(block.coef[0]).abs() <= MAX_DC;
                 if !dc_ok || block.coef[1..].iter().any(|&c| i32::from(c).abs() > MAX_AC) {
-                    return Err(invalid("corrupt progressive data: a coefficient beyond the 8-bit range"));
+                    return Err(invalid(
+                        "corrupt progressive data: a coefficient beyond the 8-bit range",
+                    ));
                 }
                 block.compute_mask();
             }
@@ -424,10 +505,12 @@ fn restart(reader: &mut BitReader, scan: &ScanData, interval: &mut usize) -> Res
     if reader.overran(scan.interval_end(*interval)) {
         return Err(truncated());
     }
-    let next = *scan
-        .restarts
-        .get(*interval)
-        .ok_or_else(|| invalid(format!("expected restart marker {} in the entropy-coded data, found none", *interval + 1)))?;
+    let next = *scan.restarts.get(*interval).ok_or_else(|| {
+        invalid(format!(
+            "expected restart marker {} in the entropy-coded data, found none",
+            *interval + 1
+        ))
+    })?;
     *interval += 1;
     reader.restart_at(next);
     Ok(())
@@ -441,23 +524,37 @@ fn dc_diff(reader: &mut BitReader, table: &DecodeTable) -> Result<i32> {
     reader.consume(len);
     let size = u32::from(size);
     if size > 11 {
-        return Err(invalid(format!("a DC difference of {size} bits, at most 11 exist in 8-bit JPEG")));
+        return Err(invalid(format!(
+            "a DC difference of {size} bits, at most 11 exist in 8-bit JPEG"
+        )));
     }
-    Ok(if size == 0 { 0 } else { extend(reader.take(size), size) })
+    Ok(if size == 0 {
+        0
+    } else {
+        extend(reader.take(size), size)
+    })
 }
 
 #[inline(always)]
 fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
     *pred += diff;
     if pred.abs() > MAX_DC {
-        return Err(invalid(format!("corrupt entropy-coded data: a DC coefficient of {pred}")));
+        return Err(invalid(format!(
+            "corrupt entropy-coded data: a DC coefficient of {pred}"
+        )));
     }
     Ok(*pred)
 }
 
 /// Sequential: one luma block, into `block` (zeroed first).
 #[inline(always)]
-fn decode_block(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable, pred: &mut i32, block: &mut Block) -> Result<()> {
+fn decode_block(
+    reader: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
     block.coef = [0; 64];
     let diff = dc_diff(reader, dc)?;
     block.coef[0] = add_dc(pred, diff)? as i16;
@@ -489,7 +586,9 @@ fn decode_block(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable, pred
             break;
         }
         if size > 10 {
-            return Err(invalid(format!("an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG")));
+            return Err(invalid(format!(
+                "an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG"
+            )));
         }
         k += run;
         if k > 63 {
@@ -544,13 +643,21 @@ fn coefficient_overflow() -> Error {
 }
 
 /// Progressive, first DC scan.
-fn dc_first(reader: &mut BitReader, table: &DecodeTable, pred: &mut i32, al: u8, block: Option<&mut [i16; 64]>) -> Result<()> {
+fn dc_first(
+    reader: &mut BitReader,
+    table: &DecodeTable,
+    pred: &mut i32,
+    al: u8,
+    block: Option<&mut [i16; 64]>,
+) -> Result<()> {
     let diff = dc_diff(reader, table)?;
     add_dc(pred, diff)?;
     if let Some(coef) = block {
         let value = *pred << al;
         if value.abs() > MAX_DC {
-            return Err(invalid(format!("corrupt progressive data: a DC coefficient of {value}")));
+            return Err(invalid(format!(
+                "corrupt progressive data: a DC coefficient of {value}"
+            )));
         }
         coef[0] = value as i16;
     }
@@ -563,7 +670,13 @@ fn eob_run_length(reader: &mut BitReader, r: u32) -> u32 {
 }
 
 /// Progressive, first AC scan of a band (G.1.2.2).
-fn ac_first(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob_run: &mut u32, coef: &mut [i16; 64]) -> Result<()> {
+fn ac_first(
+    reader: &mut BitReader,
+    table: &DecodeTable,
+    scan: &ScanHeader,
+    eob_run: &mut u32,
+    coef: &mut [i16; 64],
+) -> Result<()> {
     if *eob_run > 0 {
         *eob_run -= 1;
         return Ok(());
@@ -588,7 +701,9 @@ fn ac_first(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob_
         }
         let value = extend(reader.take(size), size) << scan.al;
         if value.abs() > MAX_AC {
-            return Err(invalid(format!("corrupt progressive data: an AC coefficient of {value}")));
+            return Err(invalid(format!(
+                "corrupt progressive data: an AC coefficient of {value}"
+            )));
         }
         coef[k] = value as i16;
         k += 1;
@@ -597,7 +712,13 @@ fn ac_first(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob_
 }
 
 /// Progressive, refining AC scan of a band (G.1.2.3), as libjpeg's `decode_mcu_AC_refine`.
-fn ac_refine(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob_run: &mut u32, coef: &mut [i16; 64]) -> Result<()> {
+fn ac_refine(
+    reader: &mut BitReader,
+    table: &DecodeTable,
+    scan: &ScanHeader,
+    eob_run: &mut u32,
+    coef: &mut [i16; 64],
+) -> Result<()> {
     let p1 = 1i16 << scan.al;
     let m1 = -1i16 << scan.al;
     let mut k = scan.ss;
@@ -616,7 +737,9 @@ fn ac_refine(reader: &mut BitReader, table: &DecodeTable, scan: &ScanHeader, eob
             let mut value = 0i16;
             if size != 0 {
                 if size != 1 {
-                    return Err(invalid(format!("corrupt progressive refinement: a coefficient of {size} bits, expected 1")));
+                    return Err(invalid(format!(
+                        "corrupt progressive refinement: a coefficient of {size} bits, expected 1"
+                    )));
                 }
                 value = if reader.bit() { p1 } else { m1 };
             } else if run != 15 {

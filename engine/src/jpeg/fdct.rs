@@ -3,7 +3,7 @@
 //! coefficients `cjpeg -grayscale -dct int` gives.
 
 use super::decoder::Block;
-use super::tables::{QuantTable, NATURAL};
+use super::tables::{NATURAL, QuantTable};
 
 const CONST_BITS: i32 = 13;
 const PASS1_BITS: i32 = 2;
@@ -42,7 +42,12 @@ fn pass(d: [i32; 8], even: impl Fn(i32) -> i32, descale_bits: i32) -> [i32; 8] {
     out[6] = descale(z1 + tmp12 * -FIX_1_847759065, descale_bits);
     let (z1, z2, z3, z4) = (tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7);
     let z5 = (z3 + z4) * FIX_1_175875602;
-    let (t4, t5, t6, t7) = (tmp4 * FIX_0_298631336, tmp5 * FIX_2_053119869, tmp6 * FIX_3_072711026, tmp7 * FIX_1_501321110);
+    let (t4, t5, t6, t7) = (
+        tmp4 * FIX_0_298631336,
+        tmp5 * FIX_2_053119869,
+        tmp6 * FIX_3_072711026,
+        tmp7 * FIX_1_501321110,
+    );
     let (z1, z2) = (z1 * -FIX_0_899976223, z2 * -FIX_2_562915447);
     let (z3, z4) = (z3 * -FIX_1_961570560 + z5, z4 * -FIX_0_390180644 + z5);
     out[7] = descale(t4 + z1 + z3, descale_bits);
@@ -65,7 +70,11 @@ impl Divisor {
     fn new(step: u16) -> Divisor {
         let divisor = u32::from(step) * 8;
         if divisor == 1 {
-            return Divisor { reciprocal: 1, correction: 0, shift: 0 };
+            return Divisor {
+                reciprocal: 1,
+                correction: 0,
+                shift: 0,
+            };
         }
         let b = 31 - divisor.leading_zeros(); // floor(log2)
         let mut r = 16 + b;
@@ -80,7 +89,11 @@ impl Divisor {
         } else {
             fq += 1;
         }
-        Divisor { reciprocal: fq as u32, correction: c, shift: r - 16 }
+        Divisor {
+            reciprocal: fq as u32,
+            correction: c,
+            shift: r - 16,
+        }
     }
 
     #[inline(always)]
@@ -100,7 +113,11 @@ pub(crate) struct Quantizer {
 impl Quantizer {
     /// `table` in zigzag order, as written to the file.
     pub fn new(table: &QuantTable) -> Quantizer {
-        let mut divisors = [Divisor { reciprocal: 1, correction: 0, shift: 0 }; 64];
+        let mut divisors = [Divisor {
+            reciprocal: 1,
+            correction: 0,
+            shift: 0,
+        }; 64];
         for (k, &step) in table.iter().enumerate() {
             divisors[usize::from(NATURAL[k])] = Divisor::new(step);
         }
@@ -113,7 +130,11 @@ pub(crate) fn fdct_block(pixels: &[u8], stride: usize, quantizer: &Quantizer, bl
     let mut data = [0i32; 64];
     for row in 0..8 {
         let line: [i32; 8] = std::array::from_fn(|c| i32::from(pixels[row * stride + c]) - 128);
-        data[row * 8..row * 8 + 8].copy_from_slice(&pass(line, |x| x << PASS1_BITS, CONST_BITS - PASS1_BITS));
+        data[row * 8..row * 8 + 8].copy_from_slice(&pass(
+            line,
+            |x| x << PASS1_BITS,
+            CONST_BITS - PASS1_BITS,
+        ));
     }
     for col in 0..8 {
         let column: [i32; 8] = std::array::from_fn(|r| data[r * 8 + col]);

@@ -27,7 +27,11 @@ pub(crate) struct DecodeTable {
 #[inline(always)]
 pub(crate) fn extend(value: u32, size: u32) -> i32 {
     let v = value as i32;
-    if v < (1 << size) >> 1 { v - (1 << size) + 1 } else { v }
+    if v < (1 << size) >> 1 {
+        v - (1 << size) + 1
+    } else {
+        v
+    }
 }
 
 impl DecodeTable {
@@ -90,7 +94,9 @@ impl DecodeTable {
                 return Ok((self.symbols[(code + self.offset[len]) as usize], len as u32));
             }
         }
-        Err(invalid("corrupt entropy-coded data: a bit pattern that is no Huffman code of the table"))
+        Err(invalid(
+            "corrupt entropy-coded data: a bit pattern that is no Huffman code of the table",
+        ))
     }
 }
 
@@ -141,7 +147,11 @@ mod tests {
                 let (code, len) = encode.code(symbol);
                 // The code at the top of the word, followed by ones.
                 let bits = (u64::from(code) << (64 - len)) | (u64::MAX >> len);
-                assert_eq!(decode.decode(bits).unwrap(), (symbol, len), "symbol {symbol:#x}");
+                assert_eq!(
+                    decode.decode(bits).unwrap(),
+                    (symbol, len),
+                    "symbol {symbol:#x}"
+                );
             }
         }
     }

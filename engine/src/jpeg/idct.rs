@@ -2,7 +2,7 @@
 //! sees the same luma samples as `djpeg -grayscale` (the default `-dct int`).
 
 use super::decoder::Block;
-use super::tables::{QuantTable, NATURAL};
+use super::tables::{NATURAL, QuantTable};
 
 const CONST_BITS: i32 = 13;
 const PASS1_BITS: i32 = 2;
@@ -54,11 +54,25 @@ fn butterfly(v: impl Fn(usize) -> i32) -> [i32; 8] {
     let (t0, t1, t2, t3) = (v(7), v(5), v(3), v(1));
     let (z1, z2, z3, z4) = (t0 + t3, t1 + t2, t0 + t2, t1 + t3);
     let z5 = (z3 + z4) * FIX_1_175875602;
-    let (t0, t1, t2, t3) = (t0 * FIX_0_298631336, t1 * FIX_2_053119869, t2 * FIX_3_072711026, t3 * FIX_1_501321110);
+    let (t0, t1, t2, t3) = (
+        t0 * FIX_0_298631336,
+        t1 * FIX_2_053119869,
+        t2 * FIX_3_072711026,
+        t3 * FIX_1_501321110,
+    );
     let (z1, z2) = (z1 * -FIX_0_899976223, z2 * -FIX_2_562915447);
     let (z3, z4) = (z3 * -FIX_1_961570560 + z5, z4 * -FIX_0_390180644 + z5);
     let (t0, t1, t2, t3) = (t0 + z1 + z3, t1 + z2 + z4, t2 + z2 + z3, t3 + z1 + z4);
-    [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0, tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]
+    [
+        tmp10 + t3,
+        tmp11 + t2,
+        tmp12 + t1,
+        tmp13 + t0,
+        tmp13 - t0,
+        tmp12 - t1,
+        tmp11 - t2,
+        tmp10 - t3,
+    ]
 }
 
 /// Dequantizes `block` (zigzag) with `quant` (zigzag) and writes its 8x8 samples to `out`, rows

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pixels::GrayImage;
-use crate::{luma, Format, Limits, Quality, Stage, StageTimes};
+use crate::{Format, Limits, Quality, Stage, StageTimes, luma};
 use markers::{ColorKind, Frame};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -29,33 +29,57 @@ pub(crate) use transcode::encode_plane;
 /// YCbCr, with luma sampled at least as densely as any other component.
 pub(crate) fn has_luma_coefficients(frame: &Frame) -> bool {
     let luma = &frame.components[0];
-    matches!(frame.color, ColorKind::Gray | ColorKind::YCbCr) && luma.h == frame.h_max() && luma.v == frame.v_max()
+    matches!(frame.color, ColorKind::Gray | ColorKind::YCbCr)
+        && luma.h == frame.h_max()
+        && luma.v == frame.v_max()
 }
 
 /// The coefficient path: the luma coefficients, requantized to `quality`, written as a
 /// one-channel JPEG that carries the source's orientation.
-pub(crate) fn transcode(data: &[u8], frame: &Frame, quality: Quality, stages: &mut StageTimes) -> Result<Vec<u8>> {
+pub(crate) fn transcode(
+    data: &[u8],
+    frame: &Frame,
+    quality: Quality,
+    stages: &mut StageTimes,
+) -> Result<Vec<u8>> {
     let start = Instant::now();
     let quality = match quality {
         Quality::Level(q) => Some(q),
         Quality::Source => None,
     };
-    let mut sink = transcode::Transcoder::new(frame.width, frame.height, frame.orientation, quality, data.len() / 2 + 1024);
+    let mut sink = transcode::Transcoder::new(
+        frame.width,
+        frame.height,
+        frame.orientation,
+        quality,
+        data.len() / 2 + 1024,
+    );
     decoder::decode_luma(data, frame, &mut sink)?;
     stages.add(Stage::EntropyEncode, sink.encode_time);
-    stages.add(Stage::EntropyDecode, start.elapsed().saturating_sub(sink.encode_time));
-    sink.finish().ok_or_else(|| Error::Internal("the decoder finished without a scan".into()))
+    stages.add(
+        Stage::EntropyDecode,
+        start.elapsed().saturating_sub(sink.encode_time),
+    );
+    sink.finish()
+        .ok_or_else(|| Error::Internal("the decoder finished without a scan".into()))
 }
 
 /// The pixel path's decode: the luma plane, through our own decoder and inverse DCT where the
 /// luma coefficients are at hand, through zune-jpeg (to RGB, then BT.601 luma) otherwise.
-pub(crate) fn decode_pixels(data: &[u8], frame: &Frame, limits: &Limits, stages: &mut StageTimes) -> Result<GrayImage> {
+pub(crate) fn decode_pixels(
+    data: &[u8],
+    frame: &Frame,
+    limits: &Limits,
+    stages: &mut StageTimes,
+) -> Result<GrayImage> {
     let (width, height) = (frame.width as usize, frame.height as usize);
     let mut image = GrayImage::new(width, height);
     if has_luma_coefficients(frame) {
         let (blocks_w, blocks_h) = frame.component_blocks(0);
         let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
-        stages.time(Stage::Decode, || decoder::decode_luma(data, frame, &mut sink))?;
+        stages.time(Stage::Decode, || {
+            decoder::decode_luma(data, frame, &mut sink)
+        })?;
         image.luma = sink.finish(width, height);
         return Ok(image);
     }
@@ -70,7 +94,14 @@ pub(crate) fn decode_pixels(data: &[u8], frame: &Frame, limits: &Limits, stages:
         .time(Stage::Decode, || decoder.decode())
         .map_err(|e| Error::invalid(Format::Jpeg, format!("{e:?}")))?;
     if rgb.len() != width * height * 3 {
-        return Err(Error::invalid(Format::Jpeg, format!("expected {} decoded samples, found {}", width * height * 3, rgb.len())));
+        return Err(Error::invalid(
+            Format::Jpeg,
+            format!(
+                "expected {} decoded samples, found {}",
+                width * height * 3,
+                rgb.len()
+            ),
+        ));
     }
     stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
     Ok(image)

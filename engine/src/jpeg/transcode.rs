@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use super::decoder::{Block, LumaSink};
-use super::encoder::{output_table, GrayJpegWriter, Requantizer};
-use super::fdct::{fdct_block, Quantizer};
+use super::encoder::{GrayJpegWriter, Requantizer, output_table};
+use super::fdct::{Quantizer, fdct_block};
 use super::idct::idct_block;
-use super::tables::{luminance_table, QuantTable};
-use crate::error::Result;
+use super::tables::{QuantTable, luminance_table};
 use crate::Orientation;
+use crate::error::Result;
 
 /// Writes each luma block to the output as it arrives, requantized inside the encoding loop.
 pub(crate) struct Transcoder {
@@ -25,8 +25,22 @@ pub(crate) struct Transcoder {
 }
 
 impl Transcoder {
-    pub fn new(width: u32, height: u32, orientation: Orientation, quality: Option<u8>, capacity: usize) -> Self {
-        Transcoder { width, height, orientation, quality, capacity, output: None, encode_time: Duration::ZERO }
+    pub fn new(
+        width: u32,
+        height: u32,
+        orientation: Orientation,
+        quality: Option<u8>,
+        capacity: usize,
+    ) -> Self {
+        Transcoder {
+            width,
+            height,
+            orientation,
+            quality,
+            capacity,
+            output: None,
+            encode_time: Duration::ZERO,
+        }
     }
 
     pub fn finish(self) -> Option<Vec<u8>> {
@@ -37,7 +51,13 @@ impl Transcoder {
 impl LumaSink for Transcoder {
     fn begin(&mut self, quant: &QuantTable) -> Result<()> {
         let table = output_table(self.quality, quant);
-        let writer = GrayJpegWriter::new(self.width, self.height, &table, self.orientation, self.capacity)?;
+        let writer = GrayJpegWriter::new(
+            self.width,
+            self.height,
+            &table,
+            self.orientation,
+            self.capacity,
+        )?;
         self.output = Some((writer, Requantizer::new(quant, &table)));
         Ok(())
     }
@@ -63,7 +83,12 @@ pub(crate) struct PlaneBuilder {
 
 impl PlaneBuilder {
     pub fn new(blocks_w: usize, blocks_h: usize) -> Self {
-        PlaneBuilder { stride: blocks_w * 8, plane: vec![0; blocks_w * blocks_h * 64], quant: [0; 64], rows: 0 }
+        PlaneBuilder {
+            stride: blocks_w * 8,
+            plane: vec![0; blocks_w * blocks_h * 64],
+            quant: [0; 64],
+            rows: 0,
+        }
     }
 
     /// The `width` x `height` plane, without the padding.
@@ -73,7 +98,12 @@ impl PlaneBuilder {
             plane.truncate(width * height);
             return plane;
         }
-        self.plane.chunks_exact(self.stride).take(height).flat_map(|line| &line[..width]).copied().collect()
+        self.plane
+            .chunks_exact(self.stride)
+            .take(height)
+            .flat_map(|line| &line[..width])
+            .copied()
+            .collect()
     }
 }
 
@@ -86,7 +116,12 @@ impl LumaSink for PlaneBuilder {
     fn row(&mut self, blocks: &[Block]) -> Result<()> {
         let base = self.rows * 8 * self.stride;
         for (i, block) in blocks.iter().enumerate() {
-            idct_block(block, &self.quant, &mut self.plane[base + i * 8..], self.stride);
+            idct_block(
+                block,
+                &self.quant,
+                &mut self.plane[base + i * 8..],
+                self.stride,
+            );
         }
         self.rows += 1;
         Ok(())
@@ -96,10 +131,22 @@ impl LumaSink for PlaneBuilder {
 /// Encodes a `width` x `height` luma plane as a one-channel JPEG at `quality`: forward DCT,
 /// quantization, and the same entropy coder as the coefficient path. Partial blocks at the
 /// right and bottom edges repeat the last column and row, as libjpeg does.
-pub(crate) fn encode_plane(plane: &[u8], width: usize, height: usize, quality: u8, orientation: Orientation) -> Result<Vec<u8>> {
+pub(crate) fn encode_plane(
+    plane: &[u8],
+    width: usize,
+    height: usize,
+    quality: u8,
+    orientation: Orientation,
+) -> Result<Vec<u8>> {
     let table = luminance_table(quality);
     let quantizer = Quantizer::new(&table);
-    let mut writer = GrayJpegWriter::new(width as u32, height as u32, &table, orientation, plane.len() / 6 + 1024)?;
+    let mut writer = GrayJpegWriter::new(
+        width as u32,
+        height as u32,
+        &table,
+        orientation,
+        plane.len() / 6 + 1024,
+    )?;
     let mut samples = [0u8; 64];
     let mut block = Block::ZERO;
     for by in 0..height.div_ceil(8) {
@@ -109,7 +156,10 @@ pub(crate) fn encode_plane(plane: &[u8], width: usize, height: usize, quality: u
                 (&plane[by * 8 * width + bx * 8..], width)
             } else {
                 for (i, sample) in samples.iter_mut().enumerate() {
-                    let (y, x) = ((by * 8 + i / 8).min(height - 1), (bx * 8 + i % 8).min(width - 1));
+                    let (y, x) = (
+                        (by * 8 + i / 8).min(height - 1),
+                        (bx * 8 + i % 8).min(width - 1),
+                    );
                     *sample = plane[y * width + x];
                 }
                 (&samples[..], 8)

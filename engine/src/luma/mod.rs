@@ -6,9 +6,9 @@ mod avx2;
 mod portable;
 mod scalar;
 
-pub(crate) use scalar::over_white;
 #[cfg(test)]
 use scalar::luma;
+pub(crate) use scalar::over_white;
 
 /// The instruction set the engine's kernels run on in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

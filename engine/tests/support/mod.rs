@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 /// The corpus root: `CLOUDIMG_CORPUS`, else `../shared/corpus` from the workspace root.
 /// `None` (with the reason printed) where it is absent, which fails under `CI=true`.
 pub fn corpus() -> Option<PathBuf> {
-    let root = std::env::var_os("CLOUDIMG_CORPUS").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
-    });
+    let root = std::env::var_os("CLOUDIMG_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
     if root.join("MANIFEST.tsv").is_file() {
         return Some(root);
     }
@@ -44,16 +44,25 @@ impl Entry {
 
     /// The EXIF orientation the manifest records (1 when there is none).
     pub fn orientation(&self) -> u8 {
-        self.detail("exif_orientation").and_then(|v| v.parse().ok()).filter(|v| (1..=8).contains(v)).unwrap_or(1)
+        self.detail("exif_orientation")
+            .and_then(|v| v.parse().ok())
+            .filter(|v| (1..=8).contains(v))
+            .unwrap_or(1)
     }
 
     pub fn detail(&self, key: &str) -> Option<&str> {
-        self.details.split(';').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        self.details
+            .split(';')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// Width and height as the source displays.
     pub fn displayed(&self) -> (u32, u32) {
-        if self.orientation() >= 5 { (self.height, self.width) } else { (self.width, self.height) }
+        if self.orientation() >= 5 {
+            (self.height, self.width)
+        } else {
+            (self.width, self.height)
+        }
     }
 }
 
@@ -61,8 +70,19 @@ pub fn manifest(root: &Path) -> Vec<Entry> {
     let text = std::fs::read_to_string(root.join("MANIFEST.tsv")).expect("read MANIFEST.tsv");
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}"));
-    let (path, width, height, details, expect) = (col("path"), col("width"), col("height"), col("details"), col("expect"));
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    let (path, width, height, details, expect) = (
+        col("path"),
+        col("width"),
+        col("height"),
+        col("details"),
+        col("expect"),
+    );
     lines
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -101,7 +121,11 @@ pub fn over_white(y: u8, a: u8) -> u8 {
 /// scaled by `round(v * 255 / 65535)`, alpha over white, CMYK ink to RGB by
 /// `(255 - C) * (255 - K) / 255` rounded.
 pub fn reference_luma(data: &[u8]) -> Result<Gray, String> {
-    if data.starts_with(b"\x89PNG") { reference_png(data) } else { reference_jpeg(data) }
+    if data.starts_with(b"\x89PNG") {
+        reference_png(data)
+    } else {
+        reference_jpeg(data)
+    }
 }
 
 fn reference_jpeg(data: &[u8]) -> Result<Gray, String> {
@@ -111,8 +135,14 @@ fn reference_jpeg(data: &[u8]) -> Result<Gray, String> {
     let (width, height) = (usize::from(info.width), usize::from(info.height));
     let pixels: Vec<u8> = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => pixels,
-        jpeg_decoder::PixelFormat::L16 => pixels.chunks_exact(2).map(|p| scale16(u16::from_be_bytes([p[0], p[1]]))).collect(),
-        jpeg_decoder::PixelFormat::RGB24 => pixels.chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
+        jpeg_decoder::PixelFormat::L16 => pixels
+            .chunks_exact(2)
+            .map(|p| scale16(u16::from_be_bytes([p[0], p[1]])))
+            .collect(),
+        jpeg_decoder::PixelFormat::RGB24 => pixels
+            .chunks_exact(3)
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect(),
         jpeg_decoder::PixelFormat::CMYK32 => pixels
             .chunks_exact(4)
             .map(|p| {
@@ -121,7 +151,11 @@ fn reference_jpeg(data: &[u8]) -> Result<Gray, String> {
             })
             .collect(),
     };
-    Ok(Gray { width, height, pixels })
+    Ok(Gray {
+        width,
+        height,
+        pixels,
+    })
 }
 
 fn scale16(v: u16) -> u8 {
@@ -133,21 +167,39 @@ fn reference_png(data: &[u8]) -> Result<Gray, String> {
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(|e| format!("png: {e}"))?;
     let mut buf = vec![0; reader.output_buffer_size().ok_or("png: size overflow")?];
-    let info = reader.next_frame(&mut buf).map_err(|e| format!("png: {e}"))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("png: {e}"))?;
     buf.truncate(info.buffer_size());
     let samples: Vec<u8> = match info.bit_depth {
-        png::BitDepth::Sixteen => buf.chunks_exact(2).map(|p| scale16(u16::from_be_bytes([p[0], p[1]]))).collect(),
+        png::BitDepth::Sixteen => buf
+            .chunks_exact(2)
+            .map(|p| scale16(u16::from_be_bytes([p[0], p[1]])))
+            .collect(),
         png::BitDepth::Eight => buf,
         other => return Err(format!("png: unexpanded depth {other:?}")),
     };
     let pixels = match info.color_type {
         png::ColorType::Grayscale => samples,
-        png::ColorType::GrayscaleAlpha => samples.chunks_exact(2).map(|p| over_white(p[0], p[1])).collect(),
-        png::ColorType::Rgb => samples.chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
-        png::ColorType::Rgba => samples.chunks_exact(4).map(|p| over_white(luma(p[0], p[1], p[2]), p[3])).collect(),
+        png::ColorType::GrayscaleAlpha => samples
+            .chunks_exact(2)
+            .map(|p| over_white(p[0], p[1]))
+            .collect(),
+        png::ColorType::Rgb => samples
+            .chunks_exact(3)
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect(),
+        png::ColorType::Rgba => samples
+            .chunks_exact(4)
+            .map(|p| over_white(luma(p[0], p[1], p[2]), p[3]))
+            .collect(),
         png::ColorType::Indexed => return Err("png: palette not expanded".into()),
     };
-    Ok(Gray { width: info.width as usize, height: info.height as usize, pixels })
+    Ok(Gray {
+        width: info.width as usize,
+        height: info.height as usize,
+        pixels,
+    })
 }
 
 /// An output JPEG decoded by jpeg-decoder: its luma, whether it has one channel, and the EXIF
@@ -160,7 +212,9 @@ pub struct Output {
 
 pub fn decode_output(data: &[u8]) -> Result<Output, String> {
     let mut decoder = jpeg_decoder::Decoder::new(data);
-    let pixels = decoder.decode().map_err(|e| format!("output does not decode: {e}"))?;
+    let pixels = decoder
+        .decode()
+        .map_err(|e| format!("output does not decode: {e}"))?;
     let info = decoder.info().ok_or("output: no info")?;
     let channels = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => 1,
@@ -171,16 +225,32 @@ pub fn decode_output(data: &[u8]) -> Result<Output, String> {
     let orientation = decoder
         .exif_data()
         .and_then(|raw| exif::Reader::new().read_raw(raw.to_vec()).ok())
-        .and_then(|e| e.get_field(exif::Tag::Orientation, exif::In::PRIMARY).and_then(|f| f.value.get_uint(0)))
+        .and_then(|e| {
+            e.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
+                .and_then(|f| f.value.get_uint(0))
+        })
         .map_or(1, |v| v as u8);
-    let gray = Gray { width: usize::from(info.width), height: usize::from(info.height), pixels };
-    Ok(Output { gray, channels, orientation })
+    let gray = Gray {
+        width: usize::from(info.width),
+        height: usize::from(info.height),
+        pixels,
+    };
+    Ok(Output {
+        gray,
+        channels,
+        orientation,
+    })
 }
 
 /// PSNR in dB of `a` against `b` (same size); infinite when equal.
 pub fn psnr(a: &Gray, b: &Gray) -> f64 {
     assert_eq!((a.width, a.height), (b.width, b.height));
-    let se: u64 = a.pixels.iter().zip(&b.pixels).map(|(&x, &y)| u64::from(x.abs_diff(y)).pow(2)).sum();
+    let se: u64 = a
+        .pixels
+        .iter()
+        .zip(&b.pixels)
+        .map(|(&x, &y)| u64::from(x.abs_diff(y)).pow(2))
+        .sum();
     if se == 0 {
         return f64::INFINITY;
     }
