@@ -95,6 +95,10 @@ pub async fn serve(
     let service = ImageService::new(&config, publisher, store, topology);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
+        // Uploads are megabytes: HTTP/2's default 64 KiB windows would stall every stream on
+        // window updates. 4 MiB per stream and 16 MiB per connection keep a chunk in flight.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(health_service)
         .add_service(
             ImageServiceServer::new(service)

@@ -26,6 +26,8 @@ enum Outcome {
     Done {
         key: String,
         engine: Option<Duration>,
+        /// When the producer accepted the job (ms since the epoch; 0 when unknown).
+        accepted_unix_ms: i64,
     },
     /// Permanent: dead-letter with the reason, then ack.
     Poison {
@@ -70,7 +72,11 @@ pub(crate) async fn handle(
     };
     let outcome = process(&ctx, body.clone(), redelivered, &retry).await;
     match outcome {
-        Outcome::Done { key, engine } => {
+        Outcome::Done {
+            key,
+            engine,
+            accepted_unix_ms,
+        } => {
             if let Err(e) = acker.ack(BasicAckOptions::default()).await {
                 tracing::warn!(%key, error = %e, "ack failed; the job will be redelivered");
                 return;
@@ -79,6 +85,8 @@ pub(crate) async fn handle(
                 %key,
                 ms = started.elapsed().as_millis() as u64,
                 engine_ms = engine.map(|d| d.as_millis() as u64),
+                since_accepted_ms = (accepted_unix_ms > 0)
+                    .then(|| jobs::unix_ms().saturating_sub(accepted_unix_ms)),
                 "job done"
             );
         }
@@ -201,7 +209,11 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         match retry.run("head", || ctx.store.head(&key)).await {
             Ok(Some(_)) => {
                 cleanup_staged(ctx, &job_id, &job.payload).await;
-                return Outcome::Done { key, engine: None };
+                return Outcome::Done {
+                    key,
+                    engine: None,
+                    accepted_unix_ms: job.accepted_unix_ms,
+                };
             }
             Ok(None) => {}
             Err(reason) => return Outcome::Requeue(reason),
@@ -226,7 +238,11 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
                 Ok(None) => {
                     // Either the job finished before (and cleaned up), or the upload is gone.
                     return match retry.run("head", || ctx.store.head(&key)).await {
-                        Ok(Some(_)) => Outcome::Done { key, engine: None },
+                        Ok(Some(_)) => Outcome::Done {
+                            key,
+                            engine: None,
+                            accepted_unix_ms: job.accepted_unix_ms,
+                        },
                         Ok(None) => with_name(poison(
                             &job.job_id,
                             "job",
@@ -275,6 +291,7 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
     Outcome::Done {
         key,
         engine: Some(engine_time),
+        accepted_unix_ms: job.accepted_unix_ms,
     }
 }
 
