@@ -1,7 +1,10 @@
 //! Many images at once: the only place the engine uses threads.
 //!
 //! One image per task: the decoders and encoders are single-threaded, so images are the unit of
-//! parallelism and a pool of N threads holds at most N images in memory at a time.
+//! parallelism, and a pool of N threads holds at most N images in memory at a time.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{Converted, Options, Result, convert};
 
@@ -25,13 +28,37 @@ impl Pool {
         self.pool.current_num_threads()
     }
 
-    /// Applies `f` to every item in parallel, results in input order.
-    pub fn map<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
-        use rayon::prelude::*;
-        self.pool.install(|| items.par_iter().map(f).collect())
+    /// Applies `f` to every item in parallel; results in input order.
+    ///
+    /// Items are taken in order, one at a time, by whichever thread is free. Images vary in
+    /// cost, so callers that know the sizes put the largest first: the last image to finish
+    /// is then a small one and no thread idles long at the end (longest-processing-time first).
+    pub fn map<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+        self.pool.scope(|scope| {
+            for _ in 0..self.threads().min(items.len()) {
+                scope.spawn(|_| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        let result = f(item);
+                        *results[i].lock().expect("no panic while holding the lock") = Some(result);
+                    }
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|slot| {
+                slot.into_inner()
+                    .expect("unpoisoned")
+                    .expect("every item was processed")
+            })
+            .collect()
     }
 
-    /// Converts every input in parallel, results in input order.
+    /// Converts every input in parallel; results in input order.
     pub fn convert_all<B: AsRef<[u8]> + Sync>(
         &self,
         inputs: &[B],
@@ -44,5 +71,24 @@ impl Pool {
     /// send the result back through a channel and never run engine work on their own threads.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         self.pool.spawn(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_keeps_input_order_on_every_thread_count() {
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads).unwrap();
+            let items: Vec<u64> = (0..100).collect();
+            let out = pool.map(&items, |&i| {
+                std::thread::sleep(std::time::Duration::from_micros((i * 37) % 200));
+                i * 2
+            });
+            assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        }
+        assert!(Pool::new(2).unwrap().map(&[] as &[u8], |_| 0).is_empty());
     }
 }

@@ -241,10 +241,10 @@ fn requantized_coefficients_match_the_pixel_path_in_quality_and_size() {
                 entry.path
             ));
         }
-        if let Some((q, db)) = same_size {
-            if db >= c_db {
-                failures.push(format!("{}: the pixel path reaches {db:.2} dB at q{q} within the coefficient path's size ({c_db:.2} dB)", entry.path));
-            }
+        if let Some((q, db)) = same_size
+            && db >= c_db
+        {
+            failures.push(format!("{}: the pixel path reaches {db:.2} dB at q{q} within the coefficient path's size ({c_db:.2} dB)", entry.path));
         }
     }
     println!(

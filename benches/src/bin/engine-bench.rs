@@ -80,7 +80,9 @@ fn outputs(inputs: &[PathBuf], dir: &Path) -> Vec<Result<PathBuf, String>> {
         .iter()
         .map(|input| {
             let stem = input.file_stem().unwrap_or(input.as_os_str());
-            let out = dir.join(stem).with_extension("jpg");
+            let mut name = stem.to_os_string();
+            name.push(".jpg");
+            let out = dir.join(name);
             if taken.insert(out.clone()) {
                 Ok(out)
             } else {
@@ -132,12 +134,22 @@ fn run(args: &Args) -> Result<bool, String> {
         ..Options::default()
     };
     let pool = Pool::new(args.threads).map_err(|e| format!("cannot start the thread pool: {e}"))?;
-    let indexed: Vec<usize> = (0..inputs.len()).collect();
+    // Largest first, so the pool's last task is a small image (see `Pool::map`).
+    let mut indexed: Vec<usize> = (0..inputs.len()).collect();
+    let size = |i: &usize| std::fs::metadata(&inputs[*i]).map_or(0, |m| m.len());
+    indexed.sort_by_key(|i| std::cmp::Reverse(size(i)));
     let start = Instant::now();
-    let results = pool.map(&indexed, |&i| {
+    let scheduled = pool.map(&indexed, |&i| {
         convert_one(&inputs[i], outputs.as_ref().map(|o| &o[i]), &options)
     });
     let wall = start.elapsed();
+    let mut results: Vec<Option<Result<Outcome, String>>> = inputs.iter().map(|_| None).collect();
+    for (i, result) in indexed.into_iter().zip(scheduled) {
+        results[i] = Some(result);
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.expect("every input was scheduled"));
 
     let mut stages = StageTimes::default();
     let (mut megapixels, mut images, mut coefficient_images) = (0.0, 0usize, 0usize);

@@ -27,14 +27,6 @@ impl Block {
         coef: [0; 64],
         mask: 0,
     };
-
-    fn compute_mask(&mut self) {
-        self.mask = self
-            .coef
-            .iter()
-            .enumerate()
-            .fold(0u64, |m, (k, &c)| m | (u64::from(c != 0) << k));
-    }
 }
 
 /// Where decoded luma blocks go, one row of blocks at a time, top to bottom.
@@ -156,6 +148,15 @@ impl<'a> Decoder<'a> {
             self.emit_plane(sink)?;
         }
         Ok(())
+    }
+
+    /// MCUs until the first restart marker: the interval, or never (`usize::MAX`) without one.
+    fn first_restart(&self) -> usize {
+        if self.restart_interval > 0 {
+            self.restart_interval
+        } else {
+            usize::MAX
+        }
     }
 
     /// The luma plane's size in blocks, padded to whole MCUs.
@@ -367,17 +368,15 @@ impl<'a> Decoder<'a> {
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut interval = 0usize;
-        let mut mcu_index = 0usize;
+        let mut until_restart = self.first_restart();
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
-                if self.restart_interval > 0
-                    && mcu_index > 0
-                    && mcu_index % self.restart_interval == 0
-                {
+                if until_restart == 0 {
+                    until_restart = self.restart_interval;
                     restart(&mut reader, scan, &mut interval)?;
                     preds = [0; 4];
                 }
-                mcu_index += 1;
+                until_restart -= 1;
                 for (c, &(h, v)) in sizes.iter().enumerate() {
                     let (dc, ac) = tables[c];
                     for by in 0..v {
@@ -416,7 +415,7 @@ impl<'a> Decoder<'a> {
         let mut preds = [0i32; 4];
         let mut eob_run = 0u32;
         let mut interval = 0usize;
-        let mut mcu_index = 0usize;
+        let mut until_restart = self.first_restart();
         let luma_pos = header
             .components
             .iter()
@@ -424,22 +423,20 @@ impl<'a> Decoder<'a> {
             .expect("scan has luma");
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
-                if self.restart_interval > 0
-                    && mcu_index > 0
-                    && mcu_index % self.restart_interval == 0
-                {
+                if until_restart == 0 {
+                    until_restart = self.restart_interval;
                     restart(&mut reader, scan, &mut interval)?;
                     preds = [0; 4];
                     eob_run = 0;
                 }
-                mcu_index += 1;
+                until_restart -= 1;
                 for (c, &(h, v)) in sizes.iter().enumerate() {
                     let (_, dc_id, ac_id) = header.components[c];
                     for by in 0..v {
                         for bx in 0..h {
                             let block = (c == luma_pos).then(|| {
                                 let index = (mcu_y * v + by) * stride + mcu_x * h + bx;
-                                &mut self.plane[index].coef
+                                &mut self.plane[index]
                             });
                             match (dc_scan, header.ah) {
                                 (true, 0) => {
@@ -447,21 +444,19 @@ impl<'a> Decoder<'a> {
                                     dc_first(&mut reader, table, &mut preds[c], header.al, block)?;
                                 }
                                 (true, _) => {
-                                    if reader.bit() {
-                                        if let Some(coef) = block {
-                                            coef[0] |= 1 << header.al;
-                                        }
+                                    if let (true, Some(block)) = (reader.bit(), block) {
+                                        block.coef[0] |= 1 << header.al;
                                     }
                                 }
                                 (false, 0) => {
                                     let table = self.ac[ac_id].as_ref().expect("checked");
-                                    let coef = block.expect("AC scans hold only luma");
-                                    ac_first(&mut reader, table, header, &mut eob_run, coef)?;
+                                    let block = block.expect("AC scans hold only luma");
+                                    ac_first(&mut reader, table, header, &mut eob_run, block)?;
                                 }
                                 (false, _) => {
                                     let table = self.ac[ac_id].as_ref().expect("checked");
-                                    let coef = block.expect("AC scans hold only luma");
-                                    ac_refine(&mut reader, table, header, &mut eob_run, coef)?;
+                                    let block = block.expect("AC scans hold only luma");
+                                    ac_refine(&mut reader, table, header, &mut eob_run, block)?;
                                 }
                             }
                         }
@@ -475,7 +470,8 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    /// Progressive: all scans are in; hand the plane to the sink row by row.
+    /// Progressive: all scans are in; hand the plane to the sink row by row. (The scans kept
+    /// each block's nonzero mask as they went: a coefficient, once nonzero, stays nonzero.)
     fn emit_plane(&mut self, sink: &mut impl LumaSink) -> Result<()> {
         let (stride, _) = self.padded_luma_blocks();
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
@@ -488,7 +484,6 @@ impl<'a> Decoder<'a> {
                         "corrupt progressive data: a coefficient beyond the 8-bit range",
                     ));
                 }
-                block.compute_mask();
             }
             sink.row(row)?;
         }
@@ -648,18 +643,18 @@ fn dc_first(
     table: &DecodeTable,
     pred: &mut i32,
     al: u8,
-    block: Option<&mut [i16; 64]>,
+    block: Option<&mut Block>,
 ) -> Result<()> {
     let diff = dc_diff(reader, table)?;
     add_dc(pred, diff)?;
-    if let Some(coef) = block {
+    if let Some(block) = block {
         let value = *pred << al;
         if value.abs() > MAX_DC {
             return Err(invalid(format!(
                 "corrupt progressive data: a DC coefficient of {value}"
             )));
         }
-        coef[0] = value as i16;
+        block.coef[0] = value as i16;
     }
     Ok(())
 }
@@ -675,7 +670,7 @@ fn ac_first(
     table: &DecodeTable,
     scan: &ScanHeader,
     eob_run: &mut u32,
-    coef: &mut [i16; 64],
+    block: &mut Block,
 ) -> Result<()> {
     if *eob_run > 0 {
         *eob_run -= 1;
@@ -684,56 +679,92 @@ fn ac_first(
     let mut k = scan.ss;
     while k <= scan.se {
         reader.ensure(32);
-        let (symbol, len) = table.decode(reader.peek())?;
-        reader.consume(len);
-        let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
-        if size == 0 {
-            if run == 15 {
-                k += 16;
-                continue;
+        let bits = reader.peek();
+        let fused = table.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+        let (run, value) = if fused != 0 {
+            reader.consume(fused & 0xFF);
+            (
+                ((fused >> 8) & 15) as usize,
+                i32::from((fused >> 16) as u16 as i16),
+            )
+        } else {
+            let (symbol, len) = table.decode(bits)?;
+            reader.consume(len);
+            let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+            if size == 0 {
+                if run == 15 {
+                    k += 16;
+                    continue;
+                }
+                *eob_run = eob_run_length(reader, run as u32) - 1;
+                break;
             }
-            *eob_run = eob_run_length(reader, run) - 1;
-            break;
-        }
-        k += run as usize;
+            (run, extend(reader.take(size), size))
+        };
+        k += run;
         if k > scan.se {
             return Err(coefficient_overflow());
         }
-        let value = extend(reader.take(size), size) << scan.al;
+        let value = value << scan.al;
         if value.abs() > MAX_AC {
             return Err(invalid(format!(
                 "corrupt progressive data: an AC coefficient of {value}"
             )));
         }
-        coef[k] = value as i16;
+        block.coef[k] = value as i16;
+        block.mask |= 1 << k;
         k += 1;
     }
     Ok(())
 }
 
-/// Progressive, refining AC scan of a band (G.1.2.3), as libjpeg's `decode_mcu_AC_refine`.
+/// Bits `from..to` (to at most 64) set.
+#[inline(always)]
+fn bit_range(from: usize, to: usize) -> u64 {
+    if from >= to {
+        return 0;
+    }
+    (u64::MAX >> (64 - (to - from))) << from
+}
+
+/// Reads one correction bit for each coefficient in `nonzero` (ascending), several bits per read,
+/// and adds `p1` to the magnitude where the bit says so (G.1.2.3).
+#[inline(always)]
+fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p1: i16) {
+    while nonzero != 0 {
+        let n = nonzero.count_ones().min(32);
+        reader.ensure(32);
+        let mut bits = reader.take(n) << (32 - n);
+        for _ in 0..n {
+            let k = nonzero.trailing_zeros() as usize;
+            nonzero &= nonzero - 1;
+            let c = &mut block.coef[k];
+            if bits & 0x8000_0000 != 0 && *c & p1 == 0 {
+                *c += if *c >= 0 { p1 } else { -p1 };
+            }
+            bits <<= 1;
+        }
+    }
+}
+
+/// Progressive, refining AC scan of a band (G.1.2.3; libjpeg's `decode_mcu_AC_refine`). The
+/// block's nonzero mask finds each run's end in one step and batches the correction bits of the
+/// coefficients passed on the way, instead of walking the band one coefficient at a time.
 fn ac_refine(
     reader: &mut BitReader,
     table: &DecodeTable,
     scan: &ScanHeader,
     eob_run: &mut u32,
-    coef: &mut [i16; 64],
+    block: &mut Block,
 ) -> Result<()> {
     let p1 = 1i16 << scan.al;
-    let m1 = -1i16 << scan.al;
     let mut k = scan.ss;
-    // Adds one refinement bit to a coefficient already nonzero.
-    let refine = |reader: &mut BitReader, c: &mut i16| {
-        if reader.bit() && (*c & p1) == 0 {
-            *c += if *c >= 0 { p1 } else { m1 };
-        }
-    };
     if *eob_run == 0 {
         while k <= scan.se {
             reader.ensure(32);
             let (symbol, len) = table.decode(reader.peek())?;
             reader.consume(len);
-            let (mut run, size) = (i32::from(symbol >> 4), symbol & 15);
+            let (run, size) = (symbol >> 4, symbol & 15);
             let mut value = 0i16;
             if size != 0 {
                 if size != 1 {
@@ -741,39 +772,35 @@ fn ac_refine(
                         "corrupt progressive refinement: a coefficient of {size} bits, expected 1"
                     )));
                 }
-                value = if reader.bit() { p1 } else { m1 };
+                value = if reader.bit() { p1 } else { -p1 };
             } else if run != 15 {
-                *eob_run = eob_run_length(reader, run as u32);
+                *eob_run = eob_run_length(reader, u32::from(run));
                 break;
             }
-            // Skip `run` zero coefficients (refining the nonzero ones passed), then place `value`.
-            while k <= scan.se {
-                let c = &mut coef[k];
-                if *c != 0 {
-                    refine(reader, c);
-                } else {
-                    if run == 0 {
-                        break;
+            // The run ends at the (run + 1)-th coefficient still zero, from k on; the nonzero
+            // ones passed on the way each take a correction bit.
+            let mut zeros = !block.mask & bit_range(k, scan.se + 1);
+            for _ in 0..run {
+                zeros &= zeros.wrapping_sub(1);
+            }
+            let target = (zeros != 0).then(|| zeros.trailing_zeros() as usize);
+            let end = target.unwrap_or(scan.se + 1);
+            refine_nonzero(reader, block, block.mask & bit_range(k, end), p1);
+            match target {
+                Some(t) => {
+                    if value != 0 {
+                        block.coef[t] = value;
+                        block.mask |= 1 << t;
                     }
-                    run -= 1;
+                    k = t + 1;
                 }
-                k += 1;
+                None if value != 0 => return Err(coefficient_overflow()),
+                None => k = scan.se + 1,
             }
-            if value != 0 {
-                if k > scan.se {
-                    return Err(coefficient_overflow());
-                }
-                coef[k] = value;
-            }
-            k += 1;
         }
     }
     if *eob_run > 0 {
-        for c in &mut coef[k..=scan.se] {
-            if *c != 0 {
-                refine(reader, c);
-            }
-        }
+        refine_nonzero(reader, block, block.mask & bit_range(k, scan.se + 1), p1);
         *eob_run -= 1;
     }
     Ok(())

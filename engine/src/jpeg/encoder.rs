@@ -12,6 +12,7 @@ use super::markers::invalid;
 use super::tables::{self, QuantTable};
 use crate::Orientation;
 use crate::error::Result;
+use wide::i16x16;
 
 /// Maps quantized coefficients from the source's steps to the output's: the value a decoder
 /// would reconstruct, `v * source step`, rounded to the nearest multiple of the output step.
@@ -25,6 +26,8 @@ pub(crate) struct Requantizer {
     source: [u32; 64],
     output: [u32; 64],
     reciprocal: [u64; 64],
+    /// Per zigzag position, the smallest magnitude that stays nonzero in the output.
+    threshold: [i16; 64],
     /// An output step above 16,384 (16-bit tables only) would make the multiply-shift inexact;
     /// such tables divide instead.
     divide: bool,
@@ -33,12 +36,37 @@ pub(crate) struct Requantizer {
 impl Requantizer {
     pub fn new(source: &QuantTable, output: &QuantTable) -> Requantizer {
         let output32: [u32; 64] = std::array::from_fn(|k| u32::from(output[k]).max(1));
+        let source32: [u32; 64] = std::array::from_fn(|k| u32::from(source[k]));
         Requantizer {
-            source: std::array::from_fn(|k| u32::from(source[k])),
+            source: source32,
             output: output32,
             reciprocal: std::array::from_fn(|k| (1u64 << 40).div_ceil(u64::from(output32[k]))),
+            // |v| * source + (output - 1) / 2 >= output
+            //   <=>  |v| >= ceil((output - (output - 1) / 2) / source)
+            threshold: std::array::from_fn(|k| match source32[k] {
+                0 => i16::MAX,
+                s => (output32[k] - (output32[k] - 1) / 2)
+                    .div_ceil(s)
+                    .min(i16::MAX as u32) as i16,
+            }),
             divide: output32.iter().any(|&q| q > 16_384),
         }
+    }
+
+    /// Bit k set where coefficient k stays nonzero in the output (bit 0, the DC, always set):
+    /// one vector compare per 16 coefficients, so the encoding loop visits only what it writes
+    /// (a finely quantized source holds several times more nonzero coefficients than its output).
+    #[inline(always)]
+    pub fn surviving(&self, coef: &[i16; 64]) -> u64 {
+        let mut mask = 1u64;
+        let lanes = coef.chunks_exact(16).zip(self.threshold.chunks_exact(16));
+        for (i, (values, thresholds)) in lanes.enumerate() {
+            let v = i16x16::new(values.try_into().expect("16 lanes")).abs();
+            let t = i16x16::new(thresholds.try_into().expect("16 lanes"));
+            let keep = v.simd_gt(t - i16x16::splat(1));
+            mask |= u64::from(keep.to_bitmask()) << (16 * i);
+        }
+        mask
     }
 
     /// The coefficient at zigzag position `k` in output steps.
@@ -156,11 +184,13 @@ impl GrayJpegWriter {
         })
     }
 
-    /// Writes one block, mapping each coefficient through `requantize` on the way.
+    /// Writes one block, mapping each coefficient through `requantize` on the way. Only the
+    /// coefficients in `mask` are visited; all others must map to zero.
     #[inline(always)]
     pub fn write_block(
         &mut self,
         block: &Block,
+        mask: u64,
         requantize: impl Fn(usize, i16) -> i32,
     ) -> Result<()> {
         let dc = requantize(0, block.coef[0]);
@@ -174,7 +204,7 @@ impl GrayJpegWriter {
         }
         let (code, len) = self.dc.code(size as u8);
         self.writer.put((code << size) | bits, len + size);
-        let mut mask = block.mask & !1;
+        let mut mask = mask & !1;
         let mut last = 0u32;
         while mask != 0 {
             let k = mask.trailing_zeros();
@@ -252,6 +282,32 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn surviving_coefficients_are_exactly_the_nonzero_outputs() {
+        let source: [u16; 64] = std::array::from_fn(|k| [0, 1, 2, 3, 7, 16, 99, 255][k % 8]);
+        let output = output_table(Some(85), &source);
+        let r = Requantizer::new(&source, &output);
+        for seed in 0..200i32 {
+            let divisor = 1 + (seed % 7) * 40;
+            let coef: [i16; 64] = std::array::from_fn(|k| {
+                ((((k as i32 * 7919 + seed * 104_729) % 4095) - 2047) / divisor) as i16
+            });
+            let mask = r.surviving(&coef);
+            for k in 1..64 {
+                let kept = mask >> k & 1 == 1;
+                assert_eq!(
+                    kept,
+                    r.apply(k, coef[k]) != 0,
+                    "k {k} v {} steps {} -> {}",
+                    coef[k],
+                    source[k],
+                    output[k]
+                );
+            }
+            assert_eq!(mask & 1, 1);
         }
     }
 

@@ -174,7 +174,7 @@ pub(crate) fn read_frame(data: &[u8], limits: &Limits) -> Result<Frame> {
         }
         let payload = segments.payload()?;
         match marker {
-            0xC0 | 0xC1 | 0xC2 => {
+            0xC0..=0xC2 => {
                 if sof.is_some() {
                     return Err(invalid("a second frame header (SOF) before the first scan"));
                 }

@@ -66,7 +66,8 @@ impl LumaSink for Transcoder {
         let start = Instant::now();
         let (writer, requantizer) = self.output.as_mut().expect("begin precedes rows");
         for block in blocks {
-            writer.write_block(block, |k, v| requantizer.apply(k, v))?;
+            let mask = requantizer.surviving(&block.coef);
+            writer.write_block(block, mask, |k, v| requantizer.apply(k, v))?;
         }
         self.encode_time += start.elapsed();
         Ok(())
@@ -165,7 +166,7 @@ pub(crate) fn encode_plane(
                 (&samples[..], 8)
             };
             fdct_block(source, stride, &quantizer, &mut block);
-            writer.write_block(&block, |_, v| i32::from(v))?;
+            writer.write_block(&block, block.mask, |_, v| i32::from(v))?;
         }
     }
     Ok(writer.finish())
