@@ -140,7 +140,9 @@ pub struct Converted {
     pub width: u32,
     /// Stored height of the output.
     pub height: u32,
-    /// The orientation the output carries in its EXIF; `NORMAL` when the pixels were rotated.
+    /// The orientation the output carries in its EXIF: `NORMAL` when the output was turned
+    /// upright (always on the pixel path; on the coefficient path wherever the blocks line up
+    /// with the image's edges), the source's otherwise.
     pub orientation: Orientation,
     pub source: ImageInfo,
     pub path: ConversionPath,
@@ -207,13 +209,13 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
                 && options.path == PathChoice::Auto
                 && jpeg::has_luma_coefficients(&frame);
             if coefficients {
-                let data = jpeg::transcode(data, &frame, options.quality, &mut stages)?;
+                let output = jpeg::transcode(data, &frame, options.quality, &mut stages)?;
                 return Ok(Converted {
-                    data,
+                    data: output.data,
                     format: OutputFormat::Jpeg,
-                    width: source.width,
-                    height: source.height,
-                    orientation: source.orientation,
+                    width: output.width,
+                    height: output.height,
+                    orientation: output.orientation,
                     source,
                     path: ConversionPath::Coefficients,
                     stages,
@@ -242,26 +244,17 @@ fn encode_pixels(
         Quality::Level(q) => q,
         Quality::Source => 85,
     };
-    let (data, width, height, orientation) =
-        stages.time(Stage::Encode, || match options.format {
-            OutputFormat::Jpeg => jpeg::encode_plane(
-                &image.luma,
-                image.width,
-                image.height,
-                quality,
-                source.orientation,
-            )
-            .map(|d| (d, image.width, image.height, source.orientation)),
-            OutputFormat::Png => image
-                .encode_png(source.orientation)
-                .map(|(d, w, h)| (d, w, h, Orientation::NORMAL)),
-        })?;
+    let image = image.upright(source.orientation);
+    let data = stages.time(Stage::Encode, || match options.format {
+        OutputFormat::Jpeg => jpeg::encode_plane(&image.luma, image.width, image.height, quality),
+        OutputFormat::Png => image.encode_png(),
+    })?;
     Ok(Converted {
         data,
         format: options.format,
-        width: width as u32,
-        height: height as u32,
-        orientation,
+        width: image.width as u32,
+        height: image.height as u32,
+        orientation: Orientation::NORMAL,
         source,
         path: ConversionPath::Pixels,
         stages,

@@ -14,6 +14,15 @@ impl Orientation {
         self.0.max(1)
     }
 
+    /// The orientation of tag value `value` (1 to 8; anything else reads as normal).
+    pub fn new(value: u8) -> Orientation {
+        if (1..=8).contains(&value) {
+            Orientation(value)
+        } else {
+            Orientation::NORMAL
+        }
+    }
+
     /// Whether displaying swaps width and height (the tags 5 to 8 turn by a quarter).
     pub fn swaps_dimensions(self) -> bool {
         self.value() >= 5
@@ -62,17 +71,17 @@ impl Orientation {
     }
 
     /// Applies the orientation to a row-major image of `channels` bytes per pixel, returning the
-    /// pixels as displayed and their width and height.
+    /// pixels as displayed and their width and height (the same buffer when nothing moves).
     pub fn apply(
         self,
-        pixels: &[u8],
+        pixels: Vec<u8>,
         width: usize,
         height: usize,
         channels: usize,
     ) -> (Vec<u8>, usize, usize) {
         let value = self.value();
         if value == 1 {
-            return (pixels.to_vec(), width, height);
+            return (pixels, width, height);
         }
         let (out_w, out_h) = if self.swaps_dimensions() {
             (height, width)
@@ -138,7 +147,7 @@ mod tests {
             (8, b"cfbead", 2), // rotate 90 counter-clockwise
         ];
         for (v, want, w) in cases {
-            let (got, gw, _) = Orientation(v).apply(img, 3, 2, 1);
+            let (got, gw, _) = Orientation(v).apply(img.to_vec(), 3, 2, 1);
             assert_eq!((got.as_slice(), gw), (want, w), "orientation {v}");
         }
     }

@@ -1,4 +1,4 @@
-//! The pixel path's common ground: a decoded luma plane and its encoders.
+//! The pixel path's common ground: a decoded luma plane, turned upright, and its PNG encoder.
 
 use crate::Orientation;
 use crate::error::{Error, Result};
@@ -24,27 +24,44 @@ impl GrayImage {
         }
     }
 
-    /// A gray (or gray+alpha) 8-bit PNG, rotated to display upright: PNG viewers ignore EXIF.
-    /// Returns the bytes and the stored width and height.
-    pub fn encode_png(&self, orientation: Orientation) -> Result<(Vec<u8>, usize, usize)> {
-        let (pixels, colorspace) = match &self.alpha {
-            None => (self.luma.clone(), ColorSpace::Luma),
-            Some(alpha) => (
-                self.luma
+    /// The image as it displays: pixels moved by `orientation`, so the output needs no tag.
+    pub fn upright(self, orientation: Orientation) -> GrayImage {
+        let (luma, width, height) = orientation.apply(self.luma, self.width, self.height, 1);
+        let alpha = self
+            .alpha
+            .map(|alpha| orientation.apply(alpha, self.width, self.height, 1).0);
+        GrayImage {
+            width,
+            height,
+            luma,
+            alpha,
+        }
+    }
+
+    /// A gray (or gray+alpha) 8-bit PNG.
+    pub fn encode_png(&self) -> Result<Vec<u8>> {
+        let (interleaved, colorspace);
+        let pixels = match &self.alpha {
+            None => {
+                colorspace = ColorSpace::Luma;
+                &self.luma
+            }
+            Some(alpha) => {
+                colorspace = ColorSpace::LumaA;
+                interleaved = self
+                    .luma
                     .iter()
                     .zip(alpha)
                     .flat_map(|(&y, &a)| [y, a])
-                    .collect(),
-                ColorSpace::LumaA,
-            ),
+                    .collect();
+                &interleaved
+            }
         };
-        let channels = colorspace.num_components();
-        let (pixels, width, height) = orientation.apply(&pixels, self.width, self.height, channels);
-        let options = EncoderOptions::new(width, height, colorspace, BitDepth::Eight);
+        let options = EncoderOptions::new(self.width, self.height, colorspace, BitDepth::Eight);
         let mut out = Vec::with_capacity(pixels.len() / 2 + 1024);
-        zune_png::PngEncoder::new(&pixels, options)
+        zune_png::PngEncoder::new(pixels, options)
             .encode(&mut out)
             .map_err(|e| Error::Internal(format!("PNG encoder: {e:?}")))?;
-        Ok((out, width, height))
+        Ok(out)
     }
 }

@@ -80,6 +80,9 @@ fn huffman_jpegs(entries: &[Entry]) -> Vec<Entry> {
         .collect()
 }
 
+/// With the source's quantization kept, the output holds the source's luma coefficients
+/// untouched (moved and negated where the image was turned upright): libjpeg must decode it to
+/// the very pixels it decodes from `jpegtran -grayscale` (with the same `-rotate` or `-flip`).
 #[test]
 fn kept_quantization_decodes_to_the_pixels_of_jpegtran_grayscale() {
     let Some(root) = support::corpus() else {
@@ -97,7 +100,8 @@ fn kept_quantization_decodes_to_the_pixels_of_jpegtran_grayscale() {
         ..Options::default()
     };
     let pool = Pool::new(0).expect("pool");
-    let results = pool.map(&files, |entry| -> Result<bool, String> {
+    // Per file: None where the pixel path was right to take it, else whether it was rotated.
+    let results = pool.map(&files, |entry| -> Result<Option<bool>, String> {
         let data = std::fs::read(root.join(&entry.path)).map_err(|e| e.to_string())?;
         let converted = convert(&data, &options).map_err(|e| format!("engine: {e}"))?;
         if converted.path != ConversionPath::Coefficients {
@@ -107,13 +111,27 @@ fn kept_quantization_decodes_to_the_pixels_of_jpegtran_grayscale() {
                 .detail("subsampling")
                 .is_some_and(|s| s.starts_with("custom") && !s.starts_with("custom:2x2"));
             return if matches!(kind, "RGB" | "CMYK" | "YCCK") || luma_subsampled {
-                Ok(false)
+                Ok(None)
             } else {
                 Err(format!("a {kind} JPEG took the pixel path"))
             };
         }
+        // Where the engine turned the image upright, jpegtran must make the same move.
+        let mut args = vec!["-grayscale", "-copy", "none"];
+        let rotated = converted.orientation != converted.source.orientation;
+        if rotated {
+            args.extend_from_slice(match converted.source.orientation.value() {
+                2 => &["-flip", "horizontal"][..],
+                3 => &["-rotate", "180"],
+                4 => &["-flip", "vertical"],
+                5 => &["-transpose"],
+                6 => &["-rotate", "90"],
+                7 => &["-transverse"],
+                _ => &["-rotate", "270"],
+            });
+        }
         let ours = pipe("djpeg", &["-pnm"], &converted.data)?;
-        let gray = pipe("jpegtran", &["-grayscale", "-copy", "none"], &data)?;
+        let gray = pipe("jpegtran", &args, &data)?;
         let theirs = pipe("djpeg", &["-pnm"], &gray)?;
         if ours != theirs {
             return Err(format!(
@@ -122,18 +140,23 @@ fn kept_quantization_decodes_to_the_pixels_of_jpegtran_grayscale() {
                 theirs.len()
             ));
         }
-        Ok(true)
+        Ok(Some(rotated))
     });
     let mut failures = Vec::new();
-    let mut compared = 0;
+    let (mut compared, mut rotated) = (0, 0);
     for (entry, result) in files.iter().zip(results) {
         match result {
-            Ok(true) => compared += 1,
-            Ok(false) => {}
+            Ok(Some(turned)) => {
+                compared += 1;
+                rotated += usize::from(turned);
+            }
+            Ok(None) => {}
             Err(e) => failures.push(format!("{}: {e}", entry.path)),
         }
     }
-    println!("{compared} files decode identically to jpegtran -grayscale");
+    println!(
+        "{compared} files decode identically to jpegtran -grayscale ({rotated} turned upright)"
+    );
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
@@ -146,7 +169,8 @@ fn kept_quantization_decodes_to_the_pixels_of_jpegtran_grayscale() {
     );
 }
 
-/// PSNR against the reference luma and size of one conversion.
+/// PSNR against the reference luma (stored as the source stores it), as displayed, and the
+/// size of one conversion.
 fn quality_and_size(
     data: &[u8],
     reference: &Gray,
@@ -160,8 +184,10 @@ fn quality_and_size(
     };
     let converted = convert(data, &options).expect("converts");
     let output = decode_output(&converted.data).expect("decodes");
+    let shown = output.gray.displayed(output.orientation);
+    let reference = reference.displayed(converted.source.orientation.value());
     (
-        psnr(&output.gray, reference),
+        psnr(&shown, &reference),
         converted.data.len(),
         converted.path,
     )
@@ -297,9 +323,13 @@ fn the_quality_check_catches_zune_jpegs_progressive_luma_bug() {
             zune_db < 38.0,
             "{name}: zune-jpeg's luma reached {zune_db:.2} dB; the bug this test documents is gone"
         );
-        let ours = decode_output(&convert(&data, &Options::default()).expect("converts").data)
-            .expect("decodes");
-        let our_db = psnr(&ours.gray, &reference);
+        let converted = convert(&data, &Options::default()).expect("converts");
+        let ours = decode_output(&converted.data).expect("decodes");
+        let shown = ours.gray.displayed(ours.orientation);
+        let our_db = psnr(
+            &shown,
+            &reference.displayed(converted.source.orientation.value()),
+        );
         assert!(
             our_db >= 38.0,
             "{name}: the engine reached only {our_db:.2} dB"

@@ -106,15 +106,19 @@ fn check(root: &std::path::Path, entry: &Entry) -> Result<Outcome, String> {
     if entry.expect != "ok" {
         return Ok(Outcome::Converted { psnr: None });
     }
-    let reference = reference_luma(&data).map_err(|e| format!("reference decoder failed: {e}"))?;
-    if (reference.width, reference.height) != (output.gray.width, output.gray.height) {
+    // Compare as displayed: the output may be turned upright or carry the tag.
+    let reference = reference_luma(&data)
+        .map_err(|e| format!("reference decoder failed: {e}"))?
+        .displayed(entry.orientation());
+    let shown = output.gray.displayed(output.orientation);
+    if (reference.width, reference.height) != (shown.width, shown.height) {
         return Err(format!(
-            "output stored as {}x{}, the reference decodes {}x{}",
-            output.gray.width, output.gray.height, reference.width, reference.height
+            "output displays as {}x{}, the reference as {}x{}",
+            shown.width, shown.height, reference.width, reference.height
         ));
     }
     Ok(Outcome::Converted {
-        psnr: Some(psnr(&output.gray, &reference)),
+        psnr: Some(psnr(&shown, &reference)),
     })
 }
 

@@ -8,6 +8,7 @@ mod fdct;
 mod huffman;
 mod idct;
 pub(crate) mod markers;
+mod rotate;
 mod tables;
 mod transcode;
 
@@ -35,33 +36,38 @@ pub(crate) fn has_luma_coefficients(frame: &Frame) -> bool {
 }
 
 /// The coefficient path: the luma coefficients, requantized to `quality`, written as a
-/// one-channel JPEG that carries the source's orientation.
+/// one-channel JPEG turned upright in the DCT domain where the blocks allow, carrying the
+/// source's orientation tag otherwise.
 pub(crate) fn transcode(
     data: &[u8],
     frame: &Frame,
     quality: Quality,
     stages: &mut StageTimes,
-) -> Result<Vec<u8>> {
+) -> Result<transcode::Encoded> {
     let start = Instant::now();
     let quality = match quality {
         Quality::Level(q) => Some(q),
         Quality::Source => None,
     };
+    let capacity = data.len() / 2 + 1024;
     let mut sink = transcode::Transcoder::new(
         frame.width,
         frame.height,
         frame.orientation,
         quality,
-        data.len() / 2 + 1024,
+        capacity,
     );
     decoder::decode_luma(data, frame, &mut sink)?;
-    stages.add(Stage::EntropyEncode, sink.encode_time);
+    let decode_time = start.elapsed();
+    let encode_before = sink.encode_time;
+    let finished = sink.finish();
+    let encode_time = encode_before + (start.elapsed() - decode_time);
+    stages.add(Stage::EntropyEncode, encode_time);
     stages.add(
         Stage::EntropyDecode,
-        start.elapsed().saturating_sub(sink.encode_time),
+        decode_time.saturating_sub(encode_before),
     );
-    sink.finish()
-        .ok_or_else(|| Error::Internal("the decoder finished without a scan".into()))
+    finished?.ok_or_else(|| Error::Internal("the decoder finished without a scan".into()))
 }
 
 /// The pixel path's decode: the luma plane, through our own decoder and inverse DCT where the

@@ -7,19 +7,35 @@ use super::decoder::{Block, LumaSink};
 use super::encoder::{GrayJpegWriter, Requantizer, output_table};
 use super::fdct::{Quantizer, fdct_block};
 use super::idct::idct_block;
+use super::rotate::Upright;
 use super::tables::{QuantTable, luminance_table};
 use crate::Orientation;
 use crate::error::Result;
 
-/// Writes each luma block to the output as it arrives, requantized inside the encoding loop.
+/// An encoded output and what it is.
+pub(crate) struct Encoded {
+    pub data: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// The orientation the output carries.
+    pub orientation: Orientation,
+}
+
+/// Writes the luma blocks to the output, requantized inside the encoding loop: as they arrive,
+/// or, when the image must be turned upright, once all have arrived (the output's block order
+/// is then not the source's).
 pub(crate) struct Transcoder {
     width: u32,
     height: u32,
     orientation: Orientation,
+    upright: Option<Upright>,
     /// `None` keeps the source's quantization.
     quality: Option<u8>,
     capacity: usize,
     output: Option<(GrayJpegWriter, Requantizer)>,
+    /// While turning upright: the source's blocks, row after row.
+    plane: Vec<Block>,
+    blocks_w: usize,
     /// Time spent requantizing and entropy-encoding (the rest of a transcode is decoding).
     pub encode_time: Duration,
 }
@@ -36,33 +52,73 @@ impl Transcoder {
             width,
             height,
             orientation,
+            upright: Upright::new(orientation, width, height),
             quality,
             capacity,
             output: None,
+            plane: Vec::new(),
+            blocks_w: 0,
             encode_time: Duration::ZERO,
         }
     }
 
-    pub fn finish(self) -> Option<Vec<u8>> {
-        self.output.map(|(writer, _)| writer.finish())
+    /// The finished file, or `None` when no row ever came.
+    pub fn finish(mut self) -> Result<Option<Encoded>> {
+        let Some((mut writer, requantizer)) = self.output.take() else {
+            return Ok(None);
+        };
+        let (width, height, orientation) = match self.upright {
+            None => (self.width, self.height, self.orientation),
+            Some(upright) => {
+                let start = Instant::now();
+                let blocks_h = self.plane.len() / self.blocks_w.max(1);
+                let (out_w, out_h) = upright.output_size(self.blocks_w, blocks_h);
+                for y in 0..out_h {
+                    for x in 0..out_w {
+                        let (sx, sy) = upright.source_block(x, y, self.blocks_w, blocks_h);
+                        let block = upright.block(&self.plane[sy * self.blocks_w + sx]);
+                        let mask = requantizer.surviving(&block.coef);
+                        writer.write_block(&block, mask, |k, v| requantizer.apply(k, v))?;
+                    }
+                }
+                self.encode_time += start.elapsed();
+                let (w, h) = upright.output_size(self.width, self.height);
+                (w, h, Orientation::NORMAL)
+            }
+        };
+        Ok(Some(Encoded {
+            data: writer.finish(),
+            width,
+            height,
+            orientation,
+        }))
     }
 }
 
 impl LumaSink for Transcoder {
     fn begin(&mut self, quant: &QuantTable) -> Result<()> {
-        let table = output_table(self.quality, quant);
-        let writer = GrayJpegWriter::new(
-            self.width,
-            self.height,
-            &table,
-            self.orientation,
-            self.capacity,
-        )?;
-        self.output = Some((writer, Requantizer::new(quant, &table)));
+        // Turned upright, each output coefficient holds a source coefficient of another
+        // frequency: requantize from the source's step for that frequency.
+        let source = self.upright.map_or(*quant, |upright| upright.table(quant));
+        let table = output_table(self.quality, &source);
+        let (width, height, orientation) = match self.upright {
+            Some(upright) => {
+                let (w, h) = upright.output_size(self.width, self.height);
+                (w, h, Orientation::NORMAL)
+            }
+            None => (self.width, self.height, self.orientation),
+        };
+        let writer = GrayJpegWriter::new(width, height, &table, orientation, self.capacity)?;
+        self.output = Some((writer, Requantizer::new(&source, &table)));
         Ok(())
     }
 
     fn row(&mut self, blocks: &[Block]) -> Result<()> {
+        if self.upright.is_some() {
+            self.plane.extend_from_slice(blocks);
+            self.blocks_w = blocks.len();
+            return Ok(());
+        }
         let start = Instant::now();
         let (writer, requantizer) = self.output.as_mut().expect("begin precedes rows");
         for block in blocks {
@@ -129,7 +185,7 @@ impl LumaSink for PlaneBuilder {
     }
 }
 
-/// Encodes a `width` x `height` luma plane as a one-channel JPEG at `quality`: forward DCT,
+/// Encodes a `width` x `height` luma plane (upright) as a one-channel JPEG at `quality`: forward DCT,
 /// quantization, and the same entropy coder as the coefficient path. Partial blocks at the
 /// right and bottom edges repeat the last column and row, as libjpeg does.
 pub(crate) fn encode_plane(
@@ -137,7 +193,6 @@ pub(crate) fn encode_plane(
     width: usize,
     height: usize,
     quality: u8,
-    orientation: Orientation,
 ) -> Result<Vec<u8>> {
     let table = luminance_table(quality);
     let quantizer = Quantizer::new(&table);
@@ -145,7 +200,7 @@ pub(crate) fn encode_plane(
         width as u32,
         height as u32,
         &table,
-        orientation,
+        Orientation::NORMAL,
         plane.len() / 6 + 1024,
     )?;
     let mut samples = [0u8; 64];

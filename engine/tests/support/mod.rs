@@ -242,6 +242,37 @@ pub fn decode_output(data: &[u8]) -> Result<Output, String> {
     })
 }
 
+impl Gray {
+    /// The image as a viewer displays it under EXIF `orientation` (tags 1 to 8, as the EXIF
+    /// standard defines them: 6 turns a quarter clockwise, 8 a quarter counter-clockwise).
+    pub fn displayed(&self, orientation: u8) -> Gray {
+        let (w, h) = (self.width, self.height);
+        let (out_w, out_h) = if orientation >= 5 { (h, w) } else { (w, h) };
+        let mut pixels = Vec::with_capacity(w * h);
+        for y in 0..out_h {
+            for x in 0..out_w {
+                // Where the displayed pixel (x, y) is stored.
+                let (sx, sy) = match orientation {
+                    2 => (w - 1 - x, y),
+                    3 => (w - 1 - x, h - 1 - y),
+                    4 => (x, h - 1 - y),
+                    5 => (y, x),
+                    6 => (y, h - 1 - x),
+                    7 => (w - 1 - y, h - 1 - x),
+                    8 => (w - 1 - y, x),
+                    _ => (x, y),
+                };
+                pixels.push(self.pixels[sy * w + sx]);
+            }
+        }
+        Gray {
+            width: out_w,
+            height: out_h,
+            pixels,
+        }
+    }
+}
+
 /// PSNR in dB of `a` against `b` (same size); infinite when equal.
 pub fn psnr(a: &Gray, b: &Gray) -> f64 {
     assert_eq!((a.width, a.height), (b.width, b.height));
