@@ -36,7 +36,7 @@ impl Upright {
             8 => (true, true, false),
             _ => return None,
         };
-        if (mirror_x && width % 8 != 0) || (mirror_y && height % 8 != 0) {
+        if (mirror_x && !width.is_multiple_of(8)) || (mirror_y && !height.is_multiple_of(8)) {
             return None;
         }
         let mut zigzag_of = [0u8; 64];
