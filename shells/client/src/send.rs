@@ -23,6 +23,9 @@ use crate::inputs::{self, Input};
 /// framing costs nothing.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// How many of the oldest unfinished jobs poll `GetJob` at once under `--wait`.
+const POLL_WINDOW: usize = 4;
+
 /// The producer when nothing is given.
 pub const DEFAULT_PRODUCER: &str = "127.0.0.1:50051";
 
@@ -115,6 +118,63 @@ pub fn producer_uri(producer: &str) -> String {
     }
 }
 
+/// Who may poll `GetJob` now. Jobs finish roughly in the order they were accepted (one FIFO queue),
+/// so only the `window` oldest unfinished jobs poll; the others wait their turn without a call.
+/// That keeps `--wait` on a thousand queued images from costing the producer and the store
+/// thousands of status requests a second.
+struct WaitOrder {
+    pending: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    next: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+    window: usize,
+}
+
+impl WaitOrder {
+    fn new(window: usize) -> WaitOrder {
+        WaitOrder {
+            pending: Default::default(),
+            next: Default::default(),
+            changed: Default::default(),
+            window: window.max(1),
+        }
+    }
+
+    /// Takes a place in line (call when the job is accepted).
+    fn join(&self) -> u64 {
+        let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq);
+        seq
+    }
+
+    fn in_window(&self, seq: u64) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.iter().take(self.window).any(|s| *s == seq)
+    }
+
+    /// Resolves when `seq` is among the `window` oldest unfinished jobs.
+    async fn turn(&self, seq: u64) {
+        loop {
+            let changed = self.changed.notified();
+            if self.in_window(seq) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Leaves the line (done, failed or given up).
+    fn leave(&self, seq: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
+        self.changed.notify_waiters();
+    }
+}
+
 /// Everything that stops `send` before any file could be tried.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -192,8 +252,7 @@ pub async fn run(config: SendConfig, shutdown: CancellationToken) -> Vec<Record>
         Ok(channel) => {
             let client = ImageServiceClient::new(channel);
             let uploads = Arc::new(Semaphore::new(config.concurrency.max(1)));
-            // Status polls are light, but bound them so a large batch does not flood the producer.
-            let polls = Arc::new(Semaphore::new(32));
+            let polls = Arc::new(WaitOrder::new(POLL_WINDOW));
             let config = Arc::new(config.clone());
             let (tx, mut rx) = mpsc::unbounded_channel();
             for input in found {
@@ -225,7 +284,7 @@ async fn send_one(
     input: &Input,
     config: &SendConfig,
     uploads: Arc<Semaphore>,
-    polls: Arc<Semaphore>,
+    polls: Arc<WaitOrder>,
     deadline: Option<Instant>,
     shutdown: CancellationToken,
 ) -> Record {
@@ -292,16 +351,18 @@ async fn send_one(
         latency_ms: None,
     };
     if let Some(deadline) = deadline {
-        match wait_for(
-            &mut client,
-            &reply.job_id,
-            &reply.key,
-            config,
-            polls,
-            deadline,
-        )
-        .await
-        {
+        let seq = polls.join();
+        let waited = tokio::select! {
+            r = async {
+                polls.turn(seq).await;
+                wait_for(&mut client, &reply.job_id, &reply.key, config, deadline).await
+            } => r,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                Err(("accepted", "timed out waiting for the result".to_owned()))
+            }
+        };
+        polls.leave(seq);
+        match waited {
             Ok(()) => record.status = "done",
             Err((status, error)) => {
                 record.status = status;
@@ -322,12 +383,10 @@ async fn wait_for(
     job_id: &str,
     key: &str,
     config: &SendConfig,
-    polls: Arc<Semaphore>,
     deadline: Instant,
 ) -> Result<(), (&'static str, String)> {
     let mut delay = Duration::from_millis(50);
     loop {
-        let permit = polls.acquire().await;
         let mut request = tonic::Request::new(GetJobRequest {
             job_id: job_id.to_owned(),
             key: key.to_owned(),
@@ -337,9 +396,7 @@ async fn wait_for(
         {
             request.metadata_mut().insert("authorization", value);
         }
-        let answer = client.get_job(request).await;
-        drop(permit);
-        match answer {
+        match client.get_job(request).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 match reply.state() {
@@ -464,6 +521,27 @@ mod tests {
         );
         assert!(check_producer("127.0.0.1:50051").is_ok());
         assert!(check_producer("nonsense").is_err());
+    }
+
+    #[tokio::test]
+    async fn only_the_oldest_unfinished_jobs_poll() {
+        let order = Arc::new(WaitOrder::new(2));
+        let (a, b, c) = (order.join(), order.join(), order.join());
+        assert!(order.in_window(a) && order.in_window(b) && !order.in_window(c));
+        let waiting = {
+            let order = order.clone();
+            tokio::spawn(async move { order.turn(c).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the third job polled before its turn"
+        );
+        order.leave(b);
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("the third job gets its turn when one ahead of it finishes")
+            .unwrap();
     }
 
     #[test]
