@@ -2,8 +2,14 @@
 //! pixels where the output cannot carry it.
 
 /// The EXIF orientation tag (1 to 8): how a viewer must transform the stored pixels to display them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Orientation(u8);
+
+impl Default for Orientation {
+    fn default() -> Self {
+        Orientation::NORMAL
+    }
+}
 
 impl Orientation {
     /// Stored pixels display as they are.
@@ -11,7 +17,7 @@ impl Orientation {
 
     /// The tag value, 1 to 8.
     pub fn value(self) -> u8 {
-        self.0.max(1)
+        self.0
     }
 
     /// The orientation of tag value `value` (1 to 8; anything else reads as normal).

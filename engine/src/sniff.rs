@@ -22,14 +22,15 @@ const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// Names the format of `data` from its signature. Cheap: shells call it to refuse non-images early.
 pub fn sniff(data: &[u8]) -> Result<Format> {
-    if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    // A JPEG starts with the SOI marker; whatever follows is the JPEG reader's to judge.
+    if data.starts_with(&[0xFF, 0xD8]) {
         return Ok(Format::Jpeg);
     }
     if data.starts_with(PNG_SIGNATURE) {
         return Ok(Format::Png);
     }
     Err(Error::unsupported(format!(
-        "expected a JPEG (FF D8 FF) or PNG signature, found {}",
+        "expected a JPEG (FF D8) or PNG signature, found {}",
         describe(data)
     )))
 }

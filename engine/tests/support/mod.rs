@@ -2,6 +2,8 @@
 //! image comparisons.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod fixtures;
+
 use std::path::{Path, PathBuf};
 
 /// The corpus root: `CLOUDIMG_CORPUS`, else `../shared/corpus` from the workspace root.

@@ -1,0 +1,102 @@
+//! Bad input gets a clear error, never a panic and never a half-grey image.
+
+mod support;
+
+use cloudimg_engine::{ErrorKind, Options, convert};
+use jpeg_encoder::SamplingFactor;
+use support::fixtures::{self, JpegSpec};
+
+fn kinds() -> Vec<(&'static str, Vec<u8>)> {
+    let spec = JpegSpec::default();
+    vec![
+        ("baseline 4:2:0", fixtures::jpeg(spec)),
+        (
+            "baseline 4:4:4",
+            fixtures::jpeg(JpegSpec {
+                sampling: SamplingFactor::R_4_4_4,
+                ..spec
+            }),
+        ),
+        (
+            "progressive",
+            fixtures::jpeg(JpegSpec {
+                progressive: true,
+                ..spec
+            }),
+        ),
+        (
+            "png",
+            fixtures::png(
+                320,
+                240,
+                png::ColorType::Rgb,
+                png::BitDepth::Eight,
+                &fixtures::rgb_picture(320, 240),
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn every_truncation_of_a_valid_image_is_an_error() {
+    for (name, data) in kinds() {
+        assert!(
+            convert(&data, &Options::default()).is_ok(),
+            "{name} converts whole"
+        );
+        // Every cut from the first byte to the last one missing.
+        for keep in (0..data.len())
+            .step_by(7)
+            .chain([data.len() - 1, data.len() - 2])
+        {
+            match convert(&data[..keep], &Options::default()) {
+                Err(e) => assert!(
+                    matches!(e.kind(), ErrorKind::Invalid | ErrorKind::Unsupported),
+                    "{name} cut at {keep}: {e}"
+                ),
+                Ok(c) => panic!(
+                    "{name} cut at {keep} of {} gave a {}x{} image",
+                    data.len(),
+                    c.width,
+                    c.height
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn corrupted_bytes_never_panic() {
+    for (name, data) in kinds() {
+        // Flip one byte at a time across the whole file (a prime stride covers every region).
+        for at in (0..data.len()).step_by(13) {
+            for value in [0x00, 0xFF, data[at] ^ 0x5A] {
+                let mut bad = data.clone();
+                bad[at] = value;
+                let result = std::panic::catch_unwind(|| convert(&bad, &Options::default()));
+                assert!(
+                    result.is_ok(),
+                    "{name} with byte {at} set to {value:#04x} panicked"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_name_what_was_expected_and_found() {
+    let jpeg = fixtures::jpeg(JpegSpec::default());
+    let cut = convert(&jpeg[..jpeg.len() / 2], &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(cut.starts_with("invalid JPEG: truncated"), "{cut}");
+    let gif = convert(b"GIF89a\x01\x00\x01\x00", &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        gif,
+        "unsupported input: expected a JPEG (FF D8) or PNG signature, found a GIF image"
+    );
+    let empty = convert(b"", &Options::default()).unwrap_err().to_string();
+    assert!(empty.contains("found an empty file"), "{empty}");
+}
