@@ -92,7 +92,9 @@ pub(crate) fn skip_scan(data: &[u8], start: usize) -> Result<usize> {
     }
 }
 
-/// Reads bits MSB-first from destuffed scan data.
+/// Reads bits MSB-first from destuffed scan data. `Copy`, so that a hot loop can work on a
+/// copy held in registers and write it back when done.
+#[derive(Clone, Copy)]
 pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     /// The next byte to load.
@@ -209,6 +211,13 @@ pub(crate) struct BitWriter {
     count: u32,
 }
 
+/// Whether any byte of `word` is 0xFF: its complement then has a zero byte.
+#[inline(always)]
+fn has_ff_byte(word: u64) -> bool {
+    let inverted = !word;
+    inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080 != 0
+}
+
 impl BitWriter {
     pub fn new(out: Vec<u8>) -> Self {
         BitWriter {
@@ -218,30 +227,39 @@ impl BitWriter {
         }
     }
 
-    /// Appends the low `len` bits of `bits` (len at most 32).
+    /// Appends the low `len` bits of `bits` (len at most 32). Eight bytes go out at a time.
     #[inline(always)]
     pub fn put(&mut self, bits: u32, len: u32) {
         debug_assert!(len <= 32 && (len == 32 || bits >> len == 0));
-        self.acc = (self.acc << len) | u64::from(bits);
-        self.count += len;
-        if self.count >= 32 {
-            self.count -= 32;
-            self.emit((self.acc >> self.count) as u32);
+        let total = self.count + len;
+        if total < 64 {
+            self.acc = (self.acc << len) | u64::from(bits);
+            self.count = total;
+        } else {
+            // The first `len - spill` bits complete a 64-bit word; `spill` bits stay.
+            let spill = total - 64;
+            let word = (self.acc << (len - spill)) | (u64::from(bits) >> spill);
+            self.emit(word);
+            self.acc = u64::from(bits);
+            self.count = spill;
         }
     }
 
     #[inline(always)]
-    fn emit(&mut self, word: u32) {
-        // A byte is 0xFF exactly when its complement is zero.
-        let inverted = !word;
-        if (inverted.wrapping_sub(0x0101_0101) & !inverted & 0x8080_8080) == 0 {
+    fn emit(&mut self, word: u64) {
+        if !has_ff_byte(word) {
             self.out.extend_from_slice(&word.to_be_bytes());
         } else {
-            for byte in word.to_be_bytes() {
-                self.out.push(byte);
-                if byte == 0xFF {
-                    self.out.push(0);
-                }
+            self.emit_stuffed(&word.to_be_bytes());
+        }
+    }
+
+    #[cold]
+    fn emit_stuffed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.out.push(byte);
+            if byte == 0xFF {
+                self.out.push(0);
             }
         }
     }
@@ -249,16 +267,14 @@ impl BitWriter {
     /// Pads the last byte with one bits (as the standard asks) and returns the output.
     pub fn finish(mut self) -> Vec<u8> {
         let pad = (8 - self.count % 8) % 8;
-        self.acc = (self.acc << pad) | ((1u64 << pad) - 1);
-        self.count += pad;
-        while self.count >= 8 {
-            self.count -= 8;
-            let byte = (self.acc >> self.count) as u8;
-            self.out.push(byte);
-            if byte == 0xFF {
-                self.out.push(0);
-            }
-        }
+        let count = self.count + pad;
+        let tail = if count == 0 {
+            0
+        } else {
+            ((self.acc << pad) | ((1u64 << pad) - 1)) << (64 - count)
+        };
+        let bytes = tail.to_be_bytes();
+        self.emit_stuffed(&bytes[..(count / 8) as usize]);
         self.out
     }
 }

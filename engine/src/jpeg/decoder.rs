@@ -18,7 +18,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy)]
 pub(crate) struct Block {
     pub coef: [i16; 64],
-    /// Bit k is set when `coef[k]` is not zero (bit 0, the DC, may be set either way).
+    /// A superset of the nonzero positions: bit k is set wherever `coef[k]` may be nonzero.
+    /// Progressive decoding keeps it exact (its refinement needs it); sequential decoding sets
+    /// every bit rather than spend an instruction per coefficient on it (the encoder computes
+    /// its own mask of what survives requantization anyway).
     pub mask: u64,
 }
 
@@ -542,35 +545,41 @@ fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
 }
 
 /// Sequential: one luma block, into `block` (zeroed first).
-#[inline(always)]
+///
+/// Kept out of line so that its loop owns the registers: inlined into the MCU loop, the table
+/// pointer was reloaded from the stack for every coefficient.
+#[inline(never)]
 fn decode_block(
-    reader: &mut BitReader,
+    outer: &mut BitReader,
     dc: &DecodeTable,
     ac: &DecodeTable,
     pred: &mut i32,
     block: &mut Block,
 ) -> Result<()> {
+    // Work on a copy of the reader so that its state lives in registers, not behind a pointer.
+    let mut bits = *outer;
+    let reader = &mut bits;
     block.coef = [0; 64];
     let diff = dc_diff(reader, dc)?;
     block.coef[0] = add_dc(pred, diff)? as i16;
-    let mut mask = 1u64;
+    let fused = &*ac.fused;
     let mut k = 1usize;
     while k < 64 {
-        reader.ensure(32);
-        let bits = reader.peek();
-        let fused = ac.fused[(bits >> (64 - LOOKAHEAD)) as usize];
-        if fused != 0 {
-            k += ((fused >> 8) & 15) as usize;
-            reader.consume(fused & 0xFF);
+        // A fused entry takes at most LOOKAHEAD bits; refill only when even that may be short.
+        reader.ensure(16);
+        let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
+        if entry != 0 {
+            k += ((entry >> 8) & 15) as usize;
+            reader.consume(entry & 0xFF);
             if k > 63 {
                 return Err(coefficient_overflow());
             }
-            block.coef[k] = (fused >> 16) as i16;
-            mask |= 1 << k;
+            block.coef[k] = (entry >> 16) as i16;
             k += 1;
             continue;
         }
-        let (symbol, len) = ac.decode(bits)?;
+        reader.ensure(32);
+        let (symbol, len) = ac.decode(reader.peek())?;
         reader.consume(len);
         let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
         if size == 0 {
@@ -590,31 +599,35 @@ fn decode_block(
             return Err(coefficient_overflow());
         }
         block.coef[k] = extend(reader.take(size), size) as i16;
-        mask |= 1 << k;
         k += 1;
     }
     if k > 64 {
         return Err(coefficient_overflow());
     }
-    block.mask = mask;
+    block.mask = u64::MAX;
+    *outer = bits;
     Ok(())
 }
 
-/// Sequential: walks over one block of another component, keeping nothing.
-#[inline(always)]
-fn skip_block(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+/// Sequential: walks over one block of another component, keeping nothing (out of line for the
+/// same reason as [`decode_block`]).
+#[inline(never)]
+fn skip_block(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    let mut bits = *outer;
+    let reader = &mut bits;
     dc_diff(reader, dc)?;
+    let fused = &*ac.fused;
     let mut k = 1usize;
     while k < 64 {
-        reader.ensure(32);
-        let bits = reader.peek();
-        let fused = ac.fused[(bits >> (64 - LOOKAHEAD)) as usize];
-        if fused != 0 {
-            k += ((fused >> 8) & 15) as usize + 1;
-            reader.consume(fused & 0xFF);
+        reader.ensure(16);
+        let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
+        if entry != 0 {
+            k += ((entry >> 8) & 15) as usize + 1;
+            reader.consume(entry & 0xFF);
             continue;
         }
-        let (symbol, len) = ac.decode(bits)?;
+        reader.ensure(32);
+        let (symbol, len) = ac.decode(reader.peek())?;
         let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
         if size == 0 {
             reader.consume(len);
@@ -630,6 +643,7 @@ fn skip_block(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Res
     if k > 64 {
         return Err(coefficient_overflow());
     }
+    *outer = bits;
     Ok(())
 }
 

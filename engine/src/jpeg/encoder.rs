@@ -9,10 +9,10 @@ use super::bits::BitWriter;
 use super::decoder::Block;
 use super::huffman::EncodeTable;
 use super::markers::invalid;
+use super::survive;
 use super::tables::{self, QuantTable};
 use crate::Orientation;
 use crate::error::Result;
-use wide::i16x16;
 
 /// Maps quantized coefficients from the source's steps to the output's: the value a decoder
 /// would reconstruct, `v * source step`, rounded to the nearest multiple of the output step.
@@ -26,8 +26,9 @@ pub(crate) struct Requantizer {
     source: [u32; 64],
     output: [u32; 64],
     reciprocal: [u64; 64],
-    /// Per zigzag position, the smallest magnitude that stays nonzero in the output.
-    threshold: [i16; 64],
+    /// Per zigzag position, the largest magnitude that becomes zero in the output.
+    vanishing: [i16; 64],
+    surviving: survive::Kernel,
     /// An output step above 16,384 (16-bit tables only) would make the multiply-shift inexact;
     /// such tables divide instead.
     divide: bool,
@@ -41,32 +42,26 @@ impl Requantizer {
             source: source32,
             output: output32,
             reciprocal: std::array::from_fn(|k| (1u64 << 40).div_ceil(u64::from(output32[k]))),
-            // |v| * source + (output - 1) / 2 >= output
-            //   <=>  |v| >= ceil((output - (output - 1) / 2) / source)
-            threshold: std::array::from_fn(|k| match source32[k] {
+            // |v| * source + (output - 1) / 2 < output
+            //   <=>  |v| < ceil((output - (output - 1) / 2) / source)
+            vanishing: std::array::from_fn(|k| match source32[k] {
                 0 => i16::MAX,
-                s => (output32[k] - (output32[k] - 1) / 2)
-                    .div_ceil(s)
-                    .min(i16::MAX as u32) as i16,
+                s => {
+                    let smallest_kept = (output32[k] - (output32[k] - 1) / 2).div_ceil(s);
+                    (smallest_kept - 1).min(i16::MAX as u32) as i16
+                }
             }),
+            surviving: survive::kernel(),
             divide: output32.iter().any(|&q| q > 16_384),
         }
     }
 
-    /// Bit k set where coefficient k stays nonzero in the output (bit 0, the DC, always set):
-    /// one vector compare per 16 coefficients, so the encoding loop visits only what it writes
-    /// (a finely quantized source holds several times more nonzero coefficients than its output).
+    /// Bit k set where coefficient k stays nonzero in the output (bit 0, the DC, always set), so
+    /// the encoding loop visits only what it writes: a finely quantized source holds several
+    /// times more nonzero coefficients than its output.
     #[inline(always)]
     pub fn surviving(&self, coef: &[i16; 64]) -> u64 {
-        let mut mask = 1u64;
-        let lanes = coef.chunks_exact(16).zip(self.threshold.chunks_exact(16));
-        for (i, (values, thresholds)) in lanes.enumerate() {
-            let v = i16x16::new(values.try_into().expect("16 lanes")).abs();
-            let t = i16x16::new(thresholds.try_into().expect("16 lanes"));
-            let keep = v.simd_gt(t - i16x16::splat(1));
-            mask |= u64::from(keep.to_bitmask()) << (16 * i);
-        }
-        mask
+        (self.surviving)(coef, &self.vanishing) | 1
     }
 
     /// The coefficient at zigzag position `k` in output steps.

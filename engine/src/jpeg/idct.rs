@@ -79,11 +79,17 @@ fn butterfly(v: impl Fn(usize) -> i32) -> [i32; 8] {
 /// `stride` bytes apart.
 pub(crate) fn idct_block(block: &Block, quant: &QuantTable, out: &mut [u8], stride: usize) {
     let mut coef = [0i32; 64];
-    let mut mask = block.mask | 1;
-    while mask != 0 {
-        let k = mask.trailing_zeros() as usize;
-        mask &= mask - 1;
-        coef[usize::from(NATURAL[k])] = i32::from(block.coef[k]) * i32::from(quant[k]);
+    if block.mask == u64::MAX {
+        for (k, &natural) in NATURAL.iter().enumerate() {
+            coef[usize::from(natural)] = i32::from(block.coef[k]) * i32::from(quant[k]);
+        }
+    } else {
+        let mut mask = block.mask | 1;
+        while mask != 0 {
+            let k = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            coef[usize::from(NATURAL[k])] = i32::from(block.coef[k]) * i32::from(quant[k]);
+        }
     }
     let mut work = [0i32; 64];
     for col in 0..8 {

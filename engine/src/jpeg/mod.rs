@@ -9,6 +9,7 @@ mod huffman;
 mod idct;
 pub(crate) mod markers;
 mod rotate;
+mod survive;
 mod tables;
 mod transcode;
 
