@@ -68,10 +68,11 @@ export CLOUDIMG_TEST_QUEUE="cloudimg-test-$$-$RANDOM"
 
 cleanup() {
     local status=$?
+    set +e
     kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null || true
     if command -v rabbitmqctl >/dev/null; then
-        rabbitmqctl -q list_queues name 2>/dev/null | grep "^$CLOUDIMG_TEST_QUEUE" \
-            | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+        { rabbitmqctl -q list_queues name 2>/dev/null | grep "^$CLOUDIMG_TEST_QUEUE" \
+            | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done; } || true
     fi
     rm -rf "$run_dir"
     exit "$status"

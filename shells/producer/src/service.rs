@@ -127,6 +127,14 @@ impl Inner {
                     if !sniffed && buf.len() >= 8 {
                         sniffed = true;
                         cloudimg_engine::sniff(&buf).map_err(engine_status)?;
+                        // When the first chunk holds the header, a pixel bomb is refused now,
+                        // before the rest is received. (Any other error on a prefix may be
+                        // truncation: the full probe after the last chunk decides.)
+                        if let Err(e @ cloudimg_engine::Error::OverLimit { .. }) =
+                            cloudimg_engine::probe(&buf, &self.limits)
+                        {
+                            return Err(engine_status(e));
+                        }
                     }
                 }
                 Some(upload_request::Part::Metadata(_)) => {

@@ -425,3 +425,27 @@ async fn get_job_answers_pending_done_and_failed_from_the_store() {
     std::fs::remove_dir_all(dir).unwrap();
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn a_pixel_bomb_is_refused_from_its_first_chunk_before_the_rest_arrives() {
+    let queue = unique_queue("bomb");
+    let mut p = Producer::start(config(
+        &queue,
+        "amqp://127.0.0.1:1/%2f",
+        StoreSettings::None,
+    ))
+    .await;
+    let big = jpeg(1200, 1000); // 1.2 MP: over the 1 MP pixel limit
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(4);
+    tx.send(metadata(big.len() as u64)).await.unwrap();
+    tx.send(chunk(&big[..4096])).await.unwrap();
+    // The sender stays open: the rest of the file is never sent.
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let answer = tokio::time::timeout(Duration::from_secs(10), p.client.upload(stream))
+        .await
+        .expect("the producer answers before the upload ends");
+    assert_eq!(answer.unwrap_err().code(), Code::ResourceExhausted);
+    drop(tx);
+    p.stop().await;
+}
