@@ -88,10 +88,33 @@ pub async fn serve(
         "producer listening"
     );
 
+    // Health follows the broker link: NOT_SERVING while uploads would get UNAVAILABLE, so a load
+    // balancer sends them to another producer.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<ImageServiceServer<ImageService>>()
+        .set_not_serving::<ImageServiceServer<ImageService>>()
         .await;
+    {
+        let mut publisher = publisher.clone();
+        tokio::spawn(async move {
+            let mut up = publisher.is_connected();
+            loop {
+                if up {
+                    health
+                        .set_serving::<ImageServiceServer<ImageService>>()
+                        .await;
+                } else {
+                    health
+                        .set_not_serving::<ImageServiceServer<ImageService>>()
+                        .await;
+                }
+                match publisher.link_changed().await {
+                    Some(now) => up = now,
+                    None => break,
+                }
+            }
+        });
+    }
     let service = ImageService::new(&config, publisher, store, topology);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()

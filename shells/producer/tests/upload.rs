@@ -19,6 +19,9 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -91,6 +94,7 @@ fn encode(rgb: &[u8], width: u16, height: u16) -> Vec<u8> {
 
 struct Producer {
     client: ImageServiceClient<Channel>,
+    channel: Channel,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), cloudimg_producer::Error>>,
 }
@@ -107,10 +111,24 @@ impl Producer {
             .await
             .unwrap();
         Producer {
-            client: ImageServiceClient::new(channel),
+            client: ImageServiceClient::new(channel.clone()),
+            channel,
             stop,
             task,
         }
+    }
+
+    /// What the standard health service says about `cloudimg.v1.ImageService`.
+    async fn health(&self) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel.clone());
+        let reply = health
+            .check(HealthCheckRequest {
+                service: "cloudimg.v1.ImageService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reply.status()
     }
 
     async fn stop(self) {
@@ -267,6 +285,7 @@ async fn without_a_broker_uploads_are_unavailable_never_ok() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(p.health().await, ServingStatus::NotServing);
     p.stop().await;
 }
 
@@ -310,6 +329,11 @@ async fn ok_means_the_job_is_on_the_queue_inline_or_staged() {
     let large = noisy_jpeg(300, 200);
     assert!(small.len() < 20_000 && large.len() > 20_000);
 
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.health().await != ServingStatus::Serving && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.health().await, ServingStatus::Serving);
     let mut got = Vec::new();
     for data in [&small, &large] {
         let reply = upload(&mut p.client, upload_of(data)).await.unwrap();

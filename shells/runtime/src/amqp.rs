@@ -173,6 +173,13 @@ impl Publisher {
         self.link.borrow().is_some()
     }
 
+    /// Resolves when the link goes up or down, with whether it is up now; `None` once the
+    /// supervisor has stopped.
+    pub async fn link_changed(&mut self) -> Option<bool> {
+        self.link.changed().await.ok()?;
+        Some(self.link.borrow_and_update().is_some())
+    }
+
     /// Waits up to `timeout` for a link (for startup, and for a request arriving mid-reconnect).
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut link = self.link.clone();
