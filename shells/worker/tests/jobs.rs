@@ -256,3 +256,56 @@ async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
     assert_eq!(message_count(&connection, &queue).await, 0);
     delete_queues(&connection, &queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_run_finishes_and_acks_what_it_holds_and_loses_nothing() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let queue = unique_queue("worker-drain");
+    let dir = TempDir::new("worker-drain");
+    let channel = publisher(&connection, &queue).await;
+    let jobs: Vec<JobId> = (0..12).map(|_| JobId::random()).collect();
+    let data = Bytes::from(fixture_jpeg(1600, 1200, 9, 60, 92));
+    for id in &jobs {
+        let body = job(id, image_job::Payload::Inline(data.clone())).encode_to_vec();
+        publish(&channel, &queue, &body, &id.to_string()).await;
+    }
+    let worker = start_worker(&queue, &dir.0);
+    // Stop as soon as the first result lands: the worker holds more jobs (prefetch 2) right then.
+    let gray = dir.0.join("gray");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && std::fs::read_dir(&gray).map_or(true, |mut d| d.next().is_none())
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.stop().await;
+
+    let done: Vec<&JobId> = jobs
+        .iter()
+        .filter(|id| {
+            dir.0
+                .join(id.result_key(cloudimg_engine::OutputFormat::Jpeg))
+                .is_file()
+        })
+        .collect();
+    let queued = message_count(&connection, &queue).await as usize;
+    let dead = message_count(&connection, &format!("{queue}.dead")).await;
+    delete_queues(&connection, &queue).await;
+    assert!(
+        !done.is_empty() && done.len() < jobs.len(),
+        "stopped too late to prove anything: {} done",
+        done.len()
+    );
+    assert_eq!(dead, 0);
+    // Every job is exactly once either done (written, then acked) or back on the queue: a result
+    // whose message were still queued would mean an ack was skipped; a job in neither, a loss.
+    assert_eq!(
+        done.len() + queued,
+        jobs.len(),
+        "{} done + {queued} queued != {} sent",
+        done.len(),
+        jobs.len()
+    );
+}
