@@ -25,6 +25,8 @@ mod orientation;
 mod pixels;
 mod png;
 mod sniff;
+#[doc(hidden)]
+pub mod stages;
 
 use std::time::{Duration, Instant};
 

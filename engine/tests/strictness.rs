@@ -2,7 +2,7 @@
 
 mod support;
 
-use cloudimg_engine::{ErrorKind, Options, convert};
+use cloudimg_engine::{ErrorKind, Options, OutputFormat, PathChoice, convert};
 use jpeg_encoder::SamplingFactor;
 use support::fixtures::{self, JpegSpec};
 
@@ -99,4 +99,51 @@ fn errors_name_what_was_expected_and_found() {
     );
     let empty = convert(b"", &Options::default()).unwrap_err().to_string();
     assert!(empty.contains("found an empty file"), "{empty}");
+}
+
+/// Replaces a JPEG's quantization tables with 16-bit tables of the largest step, 65535.
+fn with_huge_steps(jpeg: &[u8]) -> Vec<u8> {
+    let mut out = jpeg[..2].to_vec();
+    let mut pos = 2;
+    let mut replaced = false;
+    while pos + 4 <= jpeg.len() && jpeg[pos] == 0xFF && jpeg[pos + 1] != 0xDA {
+        let len = usize::from(u16::from_be_bytes([jpeg[pos + 2], jpeg[pos + 3]]));
+        if jpeg[pos + 1] == 0xDB {
+            if !replaced {
+                let mut payload = Vec::new();
+                for id in 0..2u8 {
+                    payload.push(0x10 | id);
+                    payload.extend([0xFF; 128]);
+                }
+                out.extend_from_slice(&[0xFF, 0xDB]);
+                out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+                out.extend_from_slice(&payload);
+                replaced = true;
+            }
+        } else {
+            out.extend_from_slice(&jpeg[pos..pos + 2 + len]);
+        }
+        pos += 2 + len;
+    }
+    out.extend_from_slice(&jpeg[pos..]);
+    out
+}
+
+/// Found by the fuzzer: 16-bit quantization steps times large coefficients overflowed the
+/// inverse DCT's 32-bit products. Such a file must give (garbage) pixels or an error, never a
+/// panic, on every path.
+#[test]
+fn huge_quantization_steps_never_overflow() {
+    let hostile = with_huge_steps(&fixtures::jpeg(JpegSpec::default()));
+    for path in [PathChoice::Auto, PathChoice::Pixels] {
+        for format in [OutputFormat::Jpeg, OutputFormat::Png] {
+            let options = Options {
+                path,
+                format,
+                ..Options::default()
+            };
+            let result = std::panic::catch_unwind(|| convert(&hostile, &options));
+            assert!(result.is_ok(), "{path:?} {format:?} panicked");
+        }
+    }
 }

@@ -1,26 +1,30 @@
 //! The inverse DCT, bit for bit libjpeg's accurate integer `jpeg_idct_islow`, so the pixel path
 //! sees the same luma samples as `djpeg -grayscale` (the default `-dct int`).
+//!
+//! Like libjpeg on 64-bit Linux (its `JLONG` is `long`), the passes compute in 64 bits and keep
+//! the intermediate rows in 32: hostile coefficients and 16-bit quantization tables can
+//! overflow 32-bit products (the fuzzer found one), and must give garbage pixels, not a panic.
 
 use super::decoder::Block;
 use super::tables::{NATURAL, QuantTable};
 
-const CONST_BITS: i32 = 13;
-const PASS1_BITS: i32 = 2;
-const FIX_0_298631336: i32 = 2446;
-const FIX_0_390180644: i32 = 3196;
-const FIX_0_541196100: i32 = 4433;
-const FIX_0_765366865: i32 = 6270;
-const FIX_0_899976223: i32 = 7373;
-const FIX_1_175875602: i32 = 9633;
-const FIX_1_501321110: i32 = 12299;
-const FIX_1_847759065: i32 = 15137;
-const FIX_1_961570560: i32 = 16069;
-const FIX_2_053119869: i32 = 16819;
-const FIX_2_562915447: i32 = 20995;
-const FIX_3_072711026: i32 = 25172;
+const CONST_BITS: i64 = 13;
+const PASS1_BITS: i64 = 2;
+const FIX_0_298631336: i64 = 2446;
+const FIX_0_390180644: i64 = 3196;
+const FIX_0_541196100: i64 = 4433;
+const FIX_0_765366865: i64 = 6270;
+const FIX_0_899976223: i64 = 7373;
+const FIX_1_175875602: i64 = 9633;
+const FIX_1_501321110: i64 = 12299;
+const FIX_1_847759065: i64 = 15137;
+const FIX_1_961570560: i64 = 16069;
+const FIX_2_053119869: i64 = 16819;
+const FIX_2_562915447: i64 = 20995;
+const FIX_3_072711026: i64 = 25172;
 
 #[inline(always)]
-fn descale(x: i32, n: i32) -> i32 {
+fn descale(x: i64, n: i64) -> i64 {
     (x + (1 << (n - 1))) >> n
 }
 
@@ -40,7 +44,7 @@ fn range_limit() -> &'static [u8; 1024] {
 
 /// One 1-D pass over 8 values `v(0..8)`; returns the 8 outputs before their final descale.
 #[inline(always)]
-fn butterfly(v: impl Fn(usize) -> i32) -> [i32; 8] {
+fn butterfly(v: impl Fn(usize) -> i64) -> [i64; 8] {
     // Even part.
     let (z2, z3) = (v(2), v(6));
     let z1 = (z2 + z3) * FIX_0_541196100;
@@ -78,17 +82,17 @@ fn butterfly(v: impl Fn(usize) -> i32) -> [i32; 8] {
 /// Dequantizes `block` (zigzag) with `quant` (zigzag) and writes its 8x8 samples to `out`, rows
 /// `stride` bytes apart.
 pub(crate) fn idct_block(block: &Block, quant: &QuantTable, out: &mut [u8], stride: usize) {
-    let mut coef = [0i32; 64];
+    let mut coef = [0i64; 64];
     if block.mask == u64::MAX {
         for (k, &natural) in NATURAL.iter().enumerate() {
-            coef[usize::from(natural)] = i32::from(block.coef[k]) * i32::from(quant[k]);
+            coef[usize::from(natural)] = i64::from(block.coef[k]) * i64::from(quant[k]);
         }
     } else {
         let mut mask = block.mask | 1;
         while mask != 0 {
             let k = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            coef[usize::from(NATURAL[k])] = i32::from(block.coef[k]) * i32::from(quant[k]);
+            coef[usize::from(NATURAL[k])] = i64::from(block.coef[k]) * i64::from(quant[k]);
         }
     }
     let mut work = [0i32; 64];
@@ -96,12 +100,13 @@ pub(crate) fn idct_block(block: &Block, quant: &QuantTable, out: &mut [u8], stri
         let v = |row: usize| coef[row * 8 + col];
         let out = butterfly(v);
         for (row, x) in out.into_iter().enumerate() {
-            work[row * 8 + col] = descale(x, CONST_BITS - PASS1_BITS);
+            // libjpeg's workspace is `int`: the row values are kept in 32 bits.
+            work[row * 8 + col] = descale(x, CONST_BITS - PASS1_BITS) as i32;
         }
     }
     let limit = range_limit();
     for row in 0..8 {
-        let v = |col: usize| work[row * 8 + col];
+        let v = |col: usize| i64::from(work[row * 8 + col]);
         let line = &mut out[row * stride..row * stride + 8];
         for (o, x) in line.iter_mut().zip(butterfly(v)) {
             *o = limit[(descale(x, CONST_BITS + PASS1_BITS + 3) & 1023) as usize];

@@ -25,7 +25,7 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 pub(crate) use markers::read_frame;
-pub(crate) use transcode::encode_plane;
+pub(crate) use transcode::{Coefficients, encode_plane};
 
 /// Whether the first component's coefficients are the image's luma at full resolution: gray or
 /// YCbCr, with luma sampled at least as densely as any other component.
@@ -112,4 +112,28 @@ pub(crate) fn decode_pixels(
     }
     stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
     Ok(image)
+}
+
+/// Decodes the luma coefficients and counts the blocks, keeping nothing (for the benches).
+pub(crate) fn count_luma_blocks(data: &[u8], frame: &Frame) -> Result<usize> {
+    struct Count(usize);
+    impl decoder::LumaSink for Count {
+        fn begin(&mut self, _: &tables::QuantTable) -> Result<()> {
+            Ok(())
+        }
+        fn row(&mut self, blocks: &[decoder::Block]) -> Result<()> {
+            self.0 += blocks.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    decoder::decode_luma(data, frame, &mut count)?;
+    Ok(count.0)
+}
+
+/// Decodes the luma coefficients into memory (for the benches).
+pub(crate) fn collect_luma(data: &[u8], frame: &Frame) -> Result<Coefficients> {
+    let mut sink = Coefficients::new(frame.width, frame.height);
+    decoder::decode_luma(data, frame, &mut sink)?;
+    Ok(sink)
 }

@@ -130,6 +130,54 @@ impl LumaSink for Transcoder {
     }
 }
 
+/// A whole image's luma blocks in memory, to time encoding apart from decoding.
+pub(crate) struct Coefficients {
+    width: u32,
+    height: u32,
+    quant: QuantTable,
+    blocks: Vec<Block>,
+}
+
+impl Coefficients {
+    pub fn new(width: u32, height: u32) -> Self {
+        Coefficients {
+            width,
+            height,
+            quant: [1; 64],
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Requantizes to `quality` and entropy-encodes, as the transcoder does.
+    pub fn encode(&self, quality: u8) -> Result<Vec<u8>> {
+        let mut sink = Transcoder::new(
+            self.width,
+            self.height,
+            Orientation::NORMAL,
+            Some(quality),
+            1 << 20,
+        );
+        sink.begin(&self.quant)?;
+        let blocks_w = (self.width as usize).div_ceil(8);
+        for row in self.blocks.chunks(blocks_w) {
+            sink.row(row)?;
+        }
+        Ok(sink.finish()?.map(|e| e.data).unwrap_or_default())
+    }
+}
+
+impl LumaSink for Coefficients {
+    fn begin(&mut self, quant: &QuantTable) -> Result<()> {
+        self.quant = *quant;
+        Ok(())
+    }
+
+    fn row(&mut self, blocks: &[Block]) -> Result<()> {
+        self.blocks.extend_from_slice(blocks);
+        Ok(())
+    }
+}
+
 /// Runs the inverse DCT over each block into a luma plane (padded to whole blocks).
 pub(crate) struct PlaneBuilder {
     stride: usize,

@@ -9,6 +9,7 @@ mod scalar;
 #[cfg(test)]
 use scalar::luma;
 pub(crate) use scalar::over_white;
+pub(crate) use scalar::rgb as scalar_rgb;
 
 /// The instruction set the engine's kernels run on in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
