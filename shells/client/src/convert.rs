@@ -49,7 +49,11 @@ pub fn run(config: &ConvertConfig) -> std::io::Result<ConvertSummary> {
     let mut claimed: HashMap<PathBuf, String> = HashMap::new();
     let mut tasks = Vec::new();
     for input in found {
-        let output = config.out_dir.join(input.out_stem.with_extension(ext));
+        // Appended, not `with_extension`: a stem may hold dots ("nokia-8.3-5g").
+        let mut name = input.out_stem.clone().into_os_string();
+        name.push(".");
+        name.push(ext);
+        let output = config.out_dir.join(name);
         match claimed.get(&output) {
             Some(first) => summary.failed.push(Refused {
                 shown: input.shown.clone(),

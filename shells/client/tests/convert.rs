@@ -104,6 +104,28 @@ fn a_file_given_directly_lands_as_its_stem_in_gray_by_default() {
 }
 
 #[test]
+fn dots_in_a_name_are_kept_and_never_make_two_files_collide() {
+    let t = TempDir::new("dots");
+    t.write("nokia-8.3-5g.jpg", &jpeg(12, 8));
+    t.write("scan.v1.jpg", &jpeg(8, 8));
+    t.write("scan.v2.jpg", &jpeg(8, 12));
+    let out = cloudimg(
+        &t.0,
+        &["convert", "nokia-8.3-5g.jpg", "scan.v1.jpg", "scan.v2.jpg"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        files_under(&t.path("gray")),
+        ["nokia-8.3-5g.jpg", "scan.v1.jpg", "scan.v2.jpg"]
+    );
+    assert_eq!(gray_size(&t.path("gray/scan.v2.jpg")), (8, 12));
+}
+
+#[test]
 fn folders_are_walked_recursively_keeping_relative_paths() {
     let t = TempDir::new("folders");
     t.write("in/a.jpg", &jpeg(8, 8));
