@@ -61,7 +61,8 @@ fi
 
 run_dir=$(mktemp -d /tmp/cloudimg-test.XXXXXX)
 moto_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-moto_server -H 127.0.0.1 -p "$moto_port" >"$run_dir/moto.log" 2>&1 &
+# Its own session, so cleanup stops the whole process group (wrappers such as pyenv shims included).
+setsid moto_server -H 127.0.0.1 -p "$moto_port" >"$run_dir/moto.log" 2>&1 &
 moto_pid=$!
 
 export CLOUDIMG_TEST_QUEUE="cloudimg-test-$$-$RANDOM"
@@ -69,7 +70,8 @@ export CLOUDIMG_TEST_QUEUE="cloudimg-test-$$-$RANDOM"
 cleanup() {
     local status=$?
     set +e
-    kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null || true
+    kill -- "-$moto_pid" 2>/dev/null || kill "$moto_pid" 2>/dev/null
+    wait "$moto_pid" 2>/dev/null
     if command -v rabbitmqctl >/dev/null; then
         { rabbitmqctl -q list_queues name 2>/dev/null | grep "^$CLOUDIMG_TEST_QUEUE" \
             | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done; } || true

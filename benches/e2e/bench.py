@@ -132,8 +132,9 @@ def main():
     procs = []
     worker_log = f"/tmp/cloudimg-bench-{run}-worker.log"
     try:
+        # Its own session, so the whole group (wrappers such as pyenv shims included) is stopped.
         moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         procs.append(moto)
         if not wait_port(moto_port):
             sys.exit("moto_server did not start")
@@ -205,6 +206,11 @@ def main():
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        if procs:
+            try:
+                os.killpg(procs[0].pid, signal.SIGTERM)
+            except OSError:
+                pass
         for p in reversed(procs):
             try:
                 p.wait(timeout=30)
