@@ -58,7 +58,7 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long, default_value = "jpeg")]
     pub format: FormatArg,
-    /// Engine threads [default: one per core].
+    /// Engine threads (default: one per core).
     #[arg(long, short = 'j', default_value_t = 0)]
     pub threads: usize,
 }

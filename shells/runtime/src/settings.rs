@@ -14,7 +14,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The broker and the queue (producer and worker).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// Broker URL (`amqps://` for TLS) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// Broker URL (`amqps://` for TLS), by default `amqp://guest:guest@127.0.0.1:5672/%2f`.
     #[arg(long, env = "AMQP_URL")]
     pub amqp_url: Option<String>,
     /// The seed's setting: the broker's host, used only when AMQP_URL is unset.
@@ -92,7 +92,7 @@ pub struct StoreArgs {
     /// A custom S3 endpoint (S3-compatible servers); turns on path-style addressing.
     #[arg(long = "s3-endpoint", env = "AWS_ENDPOINT_URL")]
     pub endpoint: Option<String>,
-    /// S3 region [default: the SDK's chain, else us-east-1].
+    /// S3 region; by default the SDK's chain, else us-east-1.
     #[arg(long = "s3-region", env = "AWS_REGION")]
     pub region: Option<String>,
 }

@@ -27,7 +27,7 @@ pub struct Args {
     pub store: StoreArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Images processed at once; the broker prefetch follows it [default: the number of cores].
+    /// Images processed at once; the broker prefetch follows it (default: the number of cores).
     #[arg(long, env = "CLOUDIMG_CONCURRENCY")]
     pub concurrency: Option<usize>,
     #[command(flatten)]
