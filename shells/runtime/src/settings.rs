@@ -15,7 +15,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// Broker URL (`amqps://` for TLS), by default `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    #[arg(long, env = "AMQP_URL")]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// The seed's setting: the broker's host, used only when AMQP_URL is unset.
     #[arg(long, env = "RABBIT_HOST")]
