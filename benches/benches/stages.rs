@@ -27,7 +27,11 @@ fn generated_photo() -> (String, Vec<u8>) {
     let rgb: Vec<u8> = (0..w * h)
         .flat_map(|i| {
             let (x, y) = (i % w, i / w);
-            [(x * 255 / w) as u8, (y * 255 / h) as u8, ((x ^ y) & 0xFF) as u8]
+            [
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x ^ y) & 0xFF) as u8,
+            ]
         })
         .collect();
     let mut out = Vec::new();
@@ -38,10 +42,13 @@ fn generated_photo() -> (String, Vec<u8>) {
 }
 
 fn photos() -> Vec<(String, Vec<u8>)> {
-    let real: Vec<_> = ["bench/nikon-d3100_14mp.jpg", "bench-progressive/nikon-d3100_14mp_progressive.jpg"]
-        .iter()
-        .filter_map(|p| corpus_photo(p))
-        .collect();
+    let real: Vec<_> = [
+        "bench/nikon-d3100_14mp.jpg",
+        "bench-progressive/nikon-d3100_14mp_progressive.jpg",
+    ]
+    .iter()
+    .filter_map(|p| corpus_photo(p))
+    .collect();
     if real.is_empty() {
         eprintln!("no corpus: benching a generated picture");
         return vec![generated_photo()];
@@ -96,7 +103,12 @@ fn pixel_path(c: &mut Criterion) {
         b.iter(|| {
             let mut out = Vec::new();
             jpeg_encoder::Encoder::new(&mut out, 85)
-                .encode(black_box(&plane), width as u16, height as u16, jpeg_encoder::ColorType::Luma)
+                .encode(
+                    black_box(&plane),
+                    width as u16,
+                    height as u16,
+                    jpeg_encoder::ColorType::Luma,
+                )
                 .expect("encodes");
             out
         })
@@ -106,7 +118,9 @@ fn pixel_path(c: &mut Criterion) {
 
 fn luma_kernel(c: &mut Criterion) {
     let pixels = 12_000_000usize;
-    let rgb: Vec<u8> = (0..pixels * 3).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let rgb: Vec<u8> = (0..pixels * 3)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let mut out = vec![0u8; pixels];
     let mut group = c.benchmark_group("luma kernel/12 MP RGB");
     group.throughput(Throughput::Elements(pixels as u64));

@@ -115,29 +115,16 @@ impl<'a> BitReader<'a> {
         }
     }
 
-    /// Makes at least 56 bits valid. Branch-light: one 8-byte load where the data allows
-    /// (F. Giesen's "variant 4" refill).
+    /// Makes at least 56 bits valid, without a branch (F. Giesen's "variant 4" refill): one
+    /// 8-byte load. Past the end of the data the load is clamped onto the zero padding, so the
+    /// reader sees zero bits while `pos` keeps counting and `overran` reports the overrun.
     #[inline(always)]
     pub fn refill(&mut self) {
-        if let Some(bytes) = self.data.get(self.pos..self.pos + 8) {
-            let word = u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
-            self.buf |= word >> self.bits;
-            self.pos += ((63 - self.bits) >> 3) as usize;
-            self.bits |= 56;
-        } else {
-            self.refill_slow();
-        }
-    }
-
-    /// Past the padding: feed zero bits and keep counting, so `overran` reports it.
-    #[cold]
-    fn refill_slow(&mut self) {
-        while self.bits <= 56 {
-            let byte = self.data.get(self.pos).copied().unwrap_or(0);
-            self.buf |= u64::from(byte) << (56 - self.bits);
-            self.pos += 1;
-            self.bits += 8;
-        }
+        let at = self.pos.min(self.data.len() - PADDING);
+        let word = u64::from_be_bytes(self.data[at..at + 8].try_into().expect("8 bytes"));
+        self.buf |= word >> self.bits;
+        self.pos += ((63 - self.bits) >> 3) as usize;
+        self.bits |= 56;
     }
 
     /// Refills when fewer than `n` bits are valid.
@@ -204,11 +191,110 @@ impl<'a> BitReader<'a> {
 }
 
 /// Writes entropy-coded bits MSB-first, stuffing a zero byte after every 0xFF.
+///
+/// The output buffer is kept initialised ahead of the write position, and each block is written
+/// through a [`BitCursor`] whose state lives in registers: writing through a `Vec` inside a
+/// struct made the compiler store the bit accumulator back to memory after every byte store
+/// (a byte store may alias anything).
 pub(crate) struct BitWriter {
-    pub out: Vec<u8>,
+    buf: Vec<u8>,
+    /// Bytes written; `buf` beyond it is zeroed room.
+    pos: usize,
+    acc: u64,
+    count: u32,
+}
+
+/// The most bytes one block can take: 64 codes of at most 27 bits, each byte possibly
+/// stuffed, with room to spare.
+const BLOCK_BYTES: usize = 1024;
+
+impl BitWriter {
+    /// Continues after `head` (the file's segments so far).
+    pub fn new(head: Vec<u8>) -> Self {
+        let pos = head.len();
+        BitWriter {
+            buf: head,
+            pos,
+            acc: 0,
+            count: 0,
+        }
+    }
+
+    /// A cursor with room for one block's bytes.
+    #[inline(always)]
+    pub fn cursor(&mut self) -> BitCursor<'_> {
+        if self.buf.len() - self.pos < BLOCK_BYTES {
+            // Grow by half (at least 64 KiB): zeroing is paid once per output byte.
+            let grown = self.buf.len() + (self.buf.len() / 2).max(64 << 10);
+            self.buf.resize(grown, 0);
+        }
+        BitCursor {
+            buf: &mut self.buf[..],
+            pos: self.pos,
+            acc: self.acc,
+            count: self.count,
+        }
+    }
+
+    /// Takes back a cursor's position and pending bits.
+    #[inline(always)]
+    pub fn settle(&mut self, state: CursorState) {
+        (self.pos, self.acc, self.count) = (state.pos, state.acc, state.count);
+    }
+
+    /// Pads the last byte with one bits (as the standard asks) and returns the output.
+    pub fn finish(mut self) -> Vec<u8> {
+        let mut cursor = self.cursor();
+        let pad = (8 - cursor.count % 8) % 8;
+        cursor.put((1 << pad) - 1, pad);
+        let count = cursor.count;
+        let tail = if count == 0 {
+            0
+        } else {
+            cursor.acc << (64 - count)
+        };
+        cursor.pos = write_stuffed(
+            cursor.buf,
+            cursor.pos,
+            &tail.to_be_bytes()[..(count / 8) as usize],
+        );
+        let state = cursor.state();
+        self.settle(state);
+        self.buf.truncate(self.pos);
+        self.buf
+    }
+}
+
+/// Where a [`BitCursor`] left off.
+pub(crate) struct CursorState {
+    pos: usize,
+    acc: u64,
+    count: u32,
+}
+
+/// Writes one block's bits into room the [`BitWriter`] made.
+pub(crate) struct BitCursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
     /// Pending bits, right-aligned; only the low `count` matter.
     acc: u64,
     count: u32,
+}
+
+/// Writes `bytes` at `pos`, a zero after each 0xFF; returns the new position. A free function
+/// rather than a cursor method so that calling it never takes the cursor's address (which would
+/// keep the cursor out of registers).
+#[cold]
+fn write_stuffed(buf: &mut [u8], mut pos: usize, bytes: &[u8]) -> usize {
+    for &byte in bytes {
+        buf[pos] = byte;
+        pos += 1;
+        if byte == 0xFF {
+            buf[pos] = 0;
+            pos += 1;
+        }
+    }
+    pos
 }
 
 /// Whether any byte of `word` is 0xFF: its complement then has a zero byte.
@@ -218,15 +304,7 @@ fn has_ff_byte(word: u64) -> bool {
     inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080 != 0
 }
 
-impl BitWriter {
-    pub fn new(out: Vec<u8>) -> Self {
-        BitWriter {
-            out,
-            acc: 0,
-            count: 0,
-        }
-    }
-
+impl BitCursor<'_> {
     /// Appends the low `len` bits of `bits` (len at most 32). Eight bytes go out at a time.
     #[inline(always)]
     pub fn put(&mut self, bits: u32, len: u32) {
@@ -239,43 +317,23 @@ impl BitWriter {
             // The first `len - spill` bits complete a 64-bit word; `spill` bits stay.
             let spill = total - 64;
             let word = (self.acc << (len - spill)) | (u64::from(bits) >> spill);
-            self.emit(word);
+            if has_ff_byte(word) {
+                self.pos = write_stuffed(self.buf, self.pos, &word.to_be_bytes());
+            } else {
+                self.buf[self.pos..self.pos + 8].copy_from_slice(&word.to_be_bytes());
+                self.pos += 8;
+            }
             self.acc = u64::from(bits);
             self.count = spill;
         }
     }
 
-    #[inline(always)]
-    fn emit(&mut self, word: u64) {
-        if !has_ff_byte(word) {
-            self.out.extend_from_slice(&word.to_be_bytes());
-        } else {
-            self.emit_stuffed(&word.to_be_bytes());
+    pub fn state(self) -> CursorState {
+        CursorState {
+            pos: self.pos,
+            acc: self.acc,
+            count: self.count,
         }
-    }
-
-    #[cold]
-    fn emit_stuffed(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.out.push(byte);
-            if byte == 0xFF {
-                self.out.push(0);
-            }
-        }
-    }
-
-    /// Pads the last byte with one bits (as the standard asks) and returns the output.
-    pub fn finish(mut self) -> Vec<u8> {
-        let pad = (8 - self.count % 8) % 8;
-        let count = self.count + pad;
-        let tail = if count == 0 {
-            0
-        } else {
-            ((self.acc << pad) | ((1u64 << pad) - 1)) << (64 - count)
-        };
-        let bytes = tail.to_be_bytes();
-        self.emit_stuffed(&bytes[..(count / 8) as usize]);
-        self.out
     }
 }
 
@@ -286,7 +344,8 @@ mod tests {
     #[test]
     fn written_bits_read_back_through_stuffing_and_restarts() {
         // Write a pattern that produces 0xFF bytes, with a restart marker in the middle.
-        let mut w = BitWriter::new(vec![]);
+        let mut writer = BitWriter::new(vec![]);
+        let mut w = writer.cursor();
         let fields: Vec<(u32, u32)> = (0..200u32)
             .map(|i| {
                 (
@@ -299,7 +358,9 @@ mod tests {
             w.put(v, n);
         }
         w.put(0xFFFF_FFFF, 32);
-        let mut stream = w.finish();
+        let state = w.state();
+        writer.settle(state);
+        let mut stream = writer.finish();
         let first_len = stream.len();
         stream.extend_from_slice(&[0xFF, 0xD0, 0x12, 0xFF, 0x00, 0xFF, 0xD9]);
         let mut scan = ScanData::default();

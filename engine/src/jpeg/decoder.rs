@@ -368,6 +368,18 @@ impl<'a> Decoder<'a> {
                 )
             })
             .collect();
+        // The MCU's blocks in coding order, flat: which scan component, and for luma where the
+        // block goes in the band (relative to the MCU's first column). One flat loop repeats
+        // the same branch pattern every MCU, which the predictor learns.
+        let plan: Vec<(usize, Option<usize>)> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &(h, v))| {
+                (0..v).flat_map(move |by| {
+                    (0..h).map(move |bx| (c, (c == luma_pos).then_some(by * stride + bx)))
+                })
+            })
+            .collect();
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut interval = 0usize;
@@ -380,17 +392,15 @@ impl<'a> Decoder<'a> {
                     preds = [0; 4];
                 }
                 until_restart -= 1;
-                for (c, &(h, v)) in sizes.iter().enumerate() {
+                let first_column = mcu_x * luma_h;
+                for &(c, luma) in &plan {
                     let (dc, ac) = tables[c];
-                    for by in 0..v {
-                        for bx in 0..h {
-                            if c == luma_pos {
-                                let block = &mut band[by * stride + mcu_x * h + bx];
-                                decode_block(&mut reader, dc, ac, &mut preds[c], block)?;
-                            } else {
-                                skip_block(&mut reader, dc, ac)?;
-                            }
+                    match luma {
+                        Some(offset) => {
+                            let block = &mut band[first_column + offset];
+                            decode_block(&mut reader, dc, ac, &mut preds[c], block)?;
                         }
+                        None => skip_block(&mut reader, dc, ac)?,
                     }
                 }
             }
@@ -547,7 +557,9 @@ fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
 /// Sequential: one luma block, into `block` (zeroed first).
 ///
 /// Kept out of line so that its loop owns the registers: inlined into the MCU loop, the table
-/// pointer was reloaded from the stack for every coefficient.
+/// pointer was reloaded from the stack for every coefficient. One branch-free refill serves two
+/// symbols, since a symbol takes at most 26 bits (16 of code, 10 of magnitude) and a refill
+/// leaves at least 56: a conditional refill per symbol mispredicted often enough to cost more.
 #[inline(never)]
 fn decode_block(
     outer: &mut BitReader,
@@ -564,42 +576,44 @@ fn decode_block(
     block.coef[0] = add_dc(pred, diff)? as i16;
     let fused = &*ac.fused;
     let mut k = 1usize;
-    while k < 64 {
-        // A fused entry takes at most LOOKAHEAD bits; refill only when even that may be short.
-        reader.ensure(16);
-        let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
-        if entry != 0 {
-            k += ((entry >> 8) & 15) as usize;
-            reader.consume(entry & 0xFF);
+    'block: loop {
+        reader.refill();
+        for _ in 0..2 {
+            let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
+            let (run, value) = if entry != 0 {
+                reader.consume(entry & 0xFF);
+                (((entry >> 8) & 15) as usize, (entry >> 16) as i16)
+            } else {
+                let (symbol, len) = ac.decode(reader.peek())?;
+                reader.consume(len);
+                let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+                if size == 0 {
+                    if run != 15 {
+                        break 'block; // end of block
+                    }
+                    k += 16;
+                    if k >= 64 {
+                        break 'block;
+                    }
+                    continue;
+                }
+                if size > 10 {
+                    return Err(invalid(format!(
+                        "an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG"
+                    )));
+                }
+                (run, extend(reader.take(size), size) as i16)
+            };
+            k += run;
             if k > 63 {
                 return Err(coefficient_overflow());
             }
-            block.coef[k] = (entry >> 16) as i16;
+            block.coef[k] = value;
             k += 1;
-            continue;
-        }
-        reader.ensure(32);
-        let (symbol, len) = ac.decode(reader.peek())?;
-        reader.consume(len);
-        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-        if size == 0 {
-            if run == 15 {
-                k += 16;
-                continue;
+            if k == 64 {
+                break 'block;
             }
-            break;
         }
-        if size > 10 {
-            return Err(invalid(format!(
-                "an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG"
-            )));
-        }
-        k += run;
-        if k > 63 {
-            return Err(coefficient_overflow());
-        }
-        block.coef[k] = extend(reader.take(size), size) as i16;
-        k += 1;
     }
     if k > 64 {
         return Err(coefficient_overflow());
@@ -609,8 +623,8 @@ fn decode_block(
     Ok(())
 }
 
-/// Sequential: walks over one block of another component, keeping nothing (out of line for the
-/// same reason as [`decode_block`]).
+/// Sequential: walks over one block of another component, keeping nothing (out of line and
+/// refilling as [`decode_block`] does).
 #[inline(never)]
 fn skip_block(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
     let mut bits = *outer;
@@ -618,27 +632,31 @@ fn skip_block(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Resu
     dc_diff(reader, dc)?;
     let fused = &*ac.fused;
     let mut k = 1usize;
-    while k < 64 {
-        reader.ensure(16);
-        let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
-        if entry != 0 {
-            k += ((entry >> 8) & 15) as usize + 1;
-            reader.consume(entry & 0xFF);
-            continue;
-        }
-        reader.ensure(32);
-        let (symbol, len) = ac.decode(reader.peek())?;
-        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-        if size == 0 {
-            reader.consume(len);
-            if run == 15 {
-                k += 16;
-                continue;
+    'block: loop {
+        reader.refill();
+        for _ in 0..2 {
+            let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
+            if entry != 0 {
+                reader.consume(entry & 0xFF);
+                k += ((entry >> 8) & 15) as usize + 1;
+            } else {
+                let (symbol, len) = ac.decode(reader.peek())?;
+                let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+                if size == 0 {
+                    reader.consume(len);
+                    if run != 15 {
+                        break 'block; // end of block
+                    }
+                    k += 16;
+                } else {
+                    reader.consume(len + size);
+                    k += run + 1;
+                }
             }
-            break;
+            if k >= 64 {
+                break 'block;
+            }
         }
-        reader.consume(len + size);
-        k += run + 1;
     }
     if k > 64 {
         return Err(coefficient_overflow());

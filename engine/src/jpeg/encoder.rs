@@ -188,6 +188,7 @@ impl GrayJpegWriter {
         mask: u64,
         requantize: impl Fn(usize, i16) -> i32,
     ) -> Result<()> {
+        let mut out = self.writer.cursor();
         let dc = requantize(0, block.coef[0]);
         let diff = dc - self.prev_dc;
         self.prev_dc = dc;
@@ -198,7 +199,7 @@ impl GrayJpegWriter {
             )));
         }
         let (code, len) = self.dc.code(size as u8);
-        self.writer.put((code << size) | bits, len + size);
+        out.put((code << size) | bits, len + size);
         let mut mask = mask & !1;
         let mut last = 0u32;
         while mask != 0 {
@@ -211,7 +212,7 @@ impl GrayJpegWriter {
             let mut run = k - last - 1;
             while run > 15 {
                 let (code, len) = self.ac.code(0xF0);
-                self.writer.put(code, len);
+                out.put(code, len);
                 run -= 16;
             }
             let (size, bits) = magnitude(v);
@@ -221,13 +222,15 @@ impl GrayJpegWriter {
                 )));
             }
             let (code, len) = self.ac.code(((run << 4) | size) as u8);
-            self.writer.put((code << size) | bits, len + size);
+            out.put((code << size) | bits, len + size);
             last = k;
         }
         if last != 63 {
             let (code, len) = self.ac.code(0x00);
-            self.writer.put(code, len);
+            out.put(code, len);
         }
+        let state = out.state();
+        self.writer.settle(state);
         Ok(())
     }
 
