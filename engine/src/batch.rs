@@ -18,7 +18,12 @@ impl Pool {
     pub fn new(threads: usize) -> std::io::Result<Pool> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
+            // Thread names are part of the contract with the e2e benchmark, which tells engine
+            // CPU time from the rest of the worker by them.
             .thread_name(|i| format!("cloudimg-engine-{i}"))
+            // A panic in a `spawn`ed job would abort the process (rayon's default); instead the
+            // job just ends, dropping whatever channel it held, and the caller sees it gone.
+            .panic_handler(|_| {})
             .build()
             .map(|pool| Pool { pool })
             .map_err(std::io::Error::other)
@@ -69,6 +74,7 @@ impl Pool {
 
     /// Runs `job` on the pool without blocking the caller: the bridge for async callers, which
     /// send the result back through a channel and never run engine work on their own threads.
+    /// If `job` panics, the pool lives on; the job's channel is dropped unanswered.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         self.pool.spawn(job);
     }
@@ -90,5 +96,22 @@ mod tests {
             assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         }
         assert!(Pool::new(2).unwrap().map(&[] as &[u8], |_| 0).is_empty());
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_take_the_pool_down() {
+        let pool = Pool::new(1).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        pool.spawn(move || {
+            let _keep = tx;
+            panic!("a bug in one job");
+        });
+        assert!(
+            rx.recv().is_err(),
+            "the job's sender was dropped without an answer"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.spawn(move || tx.send(7).unwrap());
+        assert_eq!(rx.recv().unwrap(), 7, "the pool still runs jobs");
     }
 }
