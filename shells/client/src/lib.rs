@@ -107,6 +107,10 @@ pub struct SendArgs {
     /// Bearer token for the producer.
     #[arg(long, env = "CLOUDIMG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` producer, besides the system's
+    /// (a private or test CA).
+    #[arg(long = "ca-cert", env = "CLOUDIMG_TLS_CA")]
+    pub ca_cert: Option<PathBuf>,
     /// Add `latency_ms` to each JSON line (for benchmarks).
     #[arg(long, hide = true)]
     pub latency: bool,
@@ -117,6 +121,26 @@ impl SendArgs {
         let (paths, seed_producer) = send::split_seed_form(&self.paths);
         let producer = seed_producer.unwrap_or_else(|| self.producer.clone());
         send::check_producer(&producer)?;
+        let ca_pem = match self.ca_cert.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            None => None,
+            Some(path) => {
+                if !producer.starts_with("https://") {
+                    return Err(send::SendError::Tls(format!(
+                        "--ca-cert (CLOUDIMG_TLS_CA) needs an https:// producer, found {producer:?}"
+                    )));
+                }
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    send::SendError::Tls(format!("cannot read {}: {e}", path.display()))
+                })?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(send::SendError::Tls(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                Some(pem)
+            }
+        };
         Ok(send::SendConfig {
             paths,
             producer,
@@ -125,6 +149,7 @@ impl SendArgs {
             json: self.json,
             options: cloudimg_runtime::jobs::wire_options(self.quality, self.format.into()),
             token: self.token.clone().filter(|t| !t.is_empty()),
+            ca_pem,
             latency: self.latency,
         })
     }

@@ -43,6 +43,8 @@ pub struct SendConfig {
     pub json: bool,
     pub options: ConvertOptions,
     pub token: Option<String>,
+    /// Extra CA certificates (PEM) trusted for an `https://` producer.
+    pub ca_pem: Option<String>,
     /// Adds `latency_ms` (upload start to the last status) to each JSON line; for benchmarks.
     pub latency: bool,
 }
@@ -180,9 +182,11 @@ impl WaitOrder {
 pub enum SendError {
     #[error("bad producer address {0:?}: {1}")]
     Address(String, String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
-async fn connect(producer: &str) -> Result<Channel, String> {
+async fn connect(producer: &str, ca_pem: Option<&str>) -> Result<Channel, String> {
     let uri = producer_uri(producer);
     let mut endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| format!("bad producer address {producer:?}: {e}"))?
@@ -190,9 +194,11 @@ async fn connect(producer: &str) -> Result<Channel, String> {
         .tcp_nodelay(true)
         .http2_adaptive_window(true);
     if uri.starts_with("https://") {
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().with_native_roots())
-            .map_err(|e| format!("TLS: {e}"))?;
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
     endpoint.connect().await.map_err(|e| {
         format!(
@@ -243,7 +249,7 @@ pub async fn run(config: SendConfig, shutdown: CancellationToken) -> Vec<Record>
         report(Record::failed(&r.shown, r.reason));
     }
 
-    match connect(&config.producer).await {
+    match connect(&config.producer, config.ca_pem.as_deref()).await {
         Err(reason) => {
             for input in &found {
                 report(Record::failed(&input.shown, reason.clone()));

@@ -1,11 +1,13 @@
 //! The producer's settings: flags with environment fallbacks, turned once into [`Config`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use cloudimg_engine::Limits;
 use cloudimg_runtime::settings::{
-    BrokerArgs, BrokerSettings, LimitArgs, LogArgs, StoreArgs, StoreSettings,
+    BrokerArgs, BrokerSettings, LimitArgs, LogArgs, Secret, ServiceArgs, ServiceSettings,
+    StoreArgs, StoreSettings, read_pem,
 };
 
 /// What the producer needs, typed and validated.
@@ -20,7 +22,24 @@ pub struct Config {
     /// Uploads larger than this are staged in the store and travel as a reference.
     pub stage_over_bytes: u64,
     /// When set, every call must carry `authorization: Bearer <token>`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+    /// When set, gRPC is served over TLS only.
+    pub tls: Option<TlsIdentity>,
+    /// Metrics endpoint and drain bound.
+    pub service: ServiceSettings,
+}
+
+/// The server's certificate chain and private key, PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity { cert_pem: …, key_pem: *** }")
+    }
 }
 
 /// cloudimg-producer: accepts uploads over gRPC and queues them for the workers.
@@ -43,6 +62,14 @@ pub struct Args {
     /// Bearer token every call must carry.
     #[arg(long, env = "CLOUDIMG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Certificate chain (PEM) to serve gRPC over TLS; needs CLOUDIMG_TLS_KEY.
+    #[arg(long, env = "CLOUDIMG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of CLOUDIMG_TLS_CERT.
+    #[arg(long, env = "CLOUDIMG_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -57,7 +84,23 @@ impl Args {
             stage_over_bytes: self
                 .stage_over_bytes
                 .min(cloudimg_runtime::amqp::MAX_MESSAGE_BYTES),
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token: Secret::new(self.token.as_deref()),
+            tls: self.tls()?,
+            service: self.service.settings(),
         })
+    }
+
+    fn tls(&self) -> Result<Option<TlsIdentity>, cloudimg_runtime::Error> {
+        let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        match (set(&self.tls_cert), set(&self.tls_key)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsIdentity {
+                cert_pem: read_pem(&cert, "CLOUDIMG_TLS_CERT")?,
+                key_pem: read_pem(&key, "CLOUDIMG_TLS_KEY")?,
+            })),
+            _ => Err(cloudimg_runtime::Error::Config(
+                "CLOUDIMG_TLS_CERT and CLOUDIMG_TLS_KEY go together: set both or neither".into(),
+            )),
+        }
     }
 }

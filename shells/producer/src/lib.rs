@@ -19,7 +19,7 @@ use cloudimg_runtime::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, TlsIdentity};
 pub use service::ImageService;
 
 /// The largest gRPC message the producer decodes. Clients send chunks of at most 1 MiB; 4 MiB is
@@ -66,7 +66,7 @@ pub async fn serve(
     let topology = Topology::new(&config.broker);
     let link_stop = CancellationToken::new();
     let (publisher, supervisor) = Publisher::start(
-        config.broker.url.clone(),
+        config.broker.clone(),
         format!("cloudimg-producer {addr}"),
         topology.clone(),
         link_stop.clone(),
@@ -85,21 +85,27 @@ pub async fn serve(
         store = %store.as_ref().map_or("none".into(), |s| s.describe()),
         max_upload_bytes = config.limits.max_input_bytes,
         stage_over_bytes = config.stage_over_bytes,
+        tls = config.tls.is_some(),
+        token = config.token.is_some(),
         "producer listening"
     );
 
     // Health follows the broker link: NOT_SERVING while uploads would get UNAVAILABLE, so a load
-    // balancer sends them to another producer.
+    // balancer sends them to another producer, and from the moment a drain begins.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<ImageServiceServer<ImageService>>()
         .await;
+    metrics::gauge!("cloudimg_broker_connected").set(0.0);
     {
         let mut publisher = publisher.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut up = publisher.is_connected();
             loop {
+                metrics::gauge!("cloudimg_broker_connected").set(if up { 1.0 } else { 0.0 });
                 if up {
+                    metrics::counter!("cloudimg_broker_connects_total").increment(1);
                     health
                         .set_serving::<ImageServiceServer<ImageService>>()
                         .await;
@@ -108,16 +114,33 @@ pub async fn serve(
                         .set_not_serving::<ImageServiceServer<ImageService>>()
                         .await;
                 }
-                match publisher.link_changed().await {
-                    Some(now) => up = now,
-                    None => break,
+                tokio::select! {
+                    changed = publisher.link_changed() => match changed {
+                        Some(now) => up = now,
+                        None => break,
+                    },
+                    _ = shutdown.cancelled() => {
+                        health
+                            .set_not_serving::<ImageServiceServer<ImageService>>()
+                            .await;
+                        break;
+                    }
                 }
             }
         });
     }
+    let drain = config.service.drain;
     let service = ImageService::new(&config, publisher, store, topology);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        cloudimg_runtime::service::install_crypto_provider();
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(Error::Server)?;
+    }
+    let server = builder
         // Uploads are megabytes: HTTP/2's default 64 KiB windows would stall every stream on
         // window updates. 4 MiB per stream and 16 MiB per connection keep a chunk in flight.
         .initial_stream_window_size(Some(4 << 20))
@@ -130,8 +153,25 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    // On shutdown tonic stops accepting connections, refuses new calls on open ones (GOAWAY) and
+    // waits for the calls in flight: each upload ends published-and-OK or refused. A client that
+    // stalls mid-upload would hold that forever, so the drain is bounded.
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            shutdown.cancelled().await;
+            tracing::info!(drain_seconds = drain.as_secs(), "shutdown: no new uploads; draining those in flight");
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!(
+                drain_seconds = drain.as_secs(),
+                "drain timed out: cutting the uploads still in flight (their clients get an error, never OK)"
+            );
+            Ok(())
+        }
+    };
     tracing::info!("producer drained; closing the broker link");
     link_stop.cancel();
     let _ = supervisor.await;

@@ -1,7 +1,7 @@
 //! The `cloudimg.v1.ImageService` implementation.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cloudimg_engine::{ErrorKind, Limits};
@@ -11,6 +11,7 @@ use cloudimg_runtime::proto::{
     self, GetJobReply, GetJobRequest, ImageJob, JobState, StagedObject, UploadReply, UploadRequest,
     image_job, upload_request,
 };
+use cloudimg_runtime::settings::Secret;
 use cloudimg_runtime::store::{ObjectMeta, ObjectStore, Store};
 use lapin::BasicProperties;
 use prost::Message;
@@ -34,7 +35,7 @@ struct Inner {
     topology: Topology,
     limits: Limits,
     stage_over_bytes: u64,
-    token: Option<String>,
+    token: Option<Secret>,
 }
 
 impl ImageService {
@@ -62,6 +63,7 @@ impl Inner {
         let Some(token) = &self.token else {
             return Ok(());
         };
+        let token = token.expose();
         let given = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -159,7 +161,10 @@ impl Inner {
     }
 
     async fn upload(&self, mut stream: Streaming<UploadRequest>) -> Result<UploadReply, Status> {
+        let started = Instant::now();
         let (meta, data) = self.receive(&mut stream).await?;
+        metrics::histogram!("cloudimg_stage_seconds", "stage" => "receive")
+            .record(started.elapsed().as_secs_f64());
         let wire_options = meta.options.unwrap_or_default();
         let options =
             jobs::engine_options(&wire_options, self.limits).map_err(Status::invalid_argument)?;
@@ -182,10 +187,14 @@ impl Inner {
                 content_type: info_mime(info.format),
                 metadata: [("job-id".to_owned(), job_id.to_string())].into(),
             };
+            let put_started = Instant::now();
             store.put(&key, data, &meta).await.map_err(|e| {
                 tracing::warn!(%job_id, error = %e, "cannot stage upload");
+                metrics::counter!("cloudimg_store_errors_total", "op" => "put").increment(1);
                 Status::unavailable(format!("cannot stage the upload: {e}"))
             })?;
+            metrics::histogram!("cloudimg_stage_seconds", "stage" => "staging")
+                .record(put_started.elapsed().as_secs_f64());
             image_job::Payload::Staged(StagedObject { key, size })
         } else if size > MAX_MESSAGE_BYTES {
             return Err(Status::resource_exhausted(format!(
@@ -209,10 +218,13 @@ impl Inner {
             .with_message_id(job.job_id.as_str().into())
             .with_timestamp((job.accepted_unix_ms / 1000) as u64)
             .with_headers(job_headers(&job.job_id));
+        let publish_started = Instant::now();
         let published = self
             .publisher
             .publish(&self.topology.queue, &body, properties, LINK_WAIT)
             .await;
+        metrics::histogram!("cloudimg_stage_seconds", "stage" => "publish")
+            .record(publish_started.elapsed().as_secs_f64());
         if let Err(e) = published {
             tracing::warn!(%job_id, error = %e, "job not accepted by the broker");
             if staged && let Some(store) = &self.store {
@@ -233,6 +245,11 @@ impl Inner {
             height = info.height,
             "job accepted"
         );
+        metrics::counter!("cloudimg_upload_bytes_total").increment(size);
+        if staged {
+            metrics::counter!("cloudimg_uploads_staged_total").increment(1);
+        }
+        metrics::histogram!("cloudimg_upload_seconds").record(started.elapsed().as_secs_f64());
         Ok(UploadReply {
             job_id: job.job_id,
             key: output_key,
@@ -313,17 +330,36 @@ fn engine_status(e: cloudimg_engine::Error) -> Status {
     }
 }
 
+/// The `outcome` label of a refused call.
+fn outcome(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid",
+        tonic::Code::ResourceExhausted => "over_limit",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::Cancelled => "cancelled",
+        _ => "error",
+    }
+}
+
 #[tonic::async_trait]
 impl proto::image_service_server::ImageService for ImageService {
     async fn upload(
         &self,
         request: Request<Streaming<UploadRequest>>,
     ) -> Result<Response<UploadReply>, Status> {
-        self.inner.authorize(request.metadata())?;
-        let result = self.inner.upload(request.into_inner()).await;
-        if let Err(status) = &result {
-            tracing::info!(code = ?status.code(), reason = status.message(), "upload refused");
-        }
+        let result = match self.inner.authorize(request.metadata()) {
+            Ok(()) => self.inner.upload(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(status) => {
+                tracing::info!(code = ?status.code(), reason = status.message(), "upload refused");
+                outcome(status.code())
+            }
+        };
+        metrics::counter!("cloudimg_uploads_total", "outcome" => outcome).increment(1);
         result.map(Response::new)
     }
 
@@ -331,10 +367,19 @@ impl proto::image_service_server::ImageService for ImageService {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobReply>, Status> {
-        self.inner.authorize(request.metadata())?;
-        self.inner
-            .get_job(request.into_inner())
-            .await
-            .map(Response::new)
+        let result = match self.inner.authorize(request.metadata()) {
+            Ok(()) => self.inner.get_job(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
+        let state = match &result {
+            Ok(reply) => match reply.state() {
+                JobState::Done => "done",
+                JobState::Failed => "failed",
+                _ => "pending",
+            },
+            Err(status) => outcome(status.code()),
+        };
+        metrics::counter!("cloudimg_get_job_total", "state" => state).increment(1);
+        result.map(Response::new)
     }
 }

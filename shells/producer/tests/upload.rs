@@ -13,7 +13,7 @@ use cloudimg_runtime::proto::{
     ConvertOptions, GetJobRequest, ImageJob, JobState, UploadMetadata, UploadRequest, image_job,
     upload_request,
 };
-use cloudimg_runtime::settings::{BrokerSettings, QueueType, StoreSettings};
+use cloudimg_runtime::settings::{BrokerSettings, StoreSettings};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -140,11 +140,7 @@ impl Producer {
 fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        broker: BrokerSettings {
-            url: amqp.to_owned(),
-            queue: queue.to_owned(),
-            queue_type: QueueType::Classic,
-        },
+        broker: BrokerSettings::new(amqp, queue),
         store,
         limits: Limits {
             max_input_bytes: 1 << 20,
@@ -153,6 +149,8 @@ fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
         },
         stage_over_bytes: 8 << 20,
         token: None,
+        tls: None,
+        service: Default::default(),
     }
 }
 
@@ -293,7 +291,7 @@ async fn without_a_broker_uploads_are_unavailable_never_ok() {
 async fn with_a_token_set_calls_without_it_are_unauthenticated() {
     let queue = unique_queue("token");
     let mut cfg = config(&queue, "amqp://127.0.0.1:1/%2f", StoreSettings::None);
-    cfg.token = Some("s3cret".into());
+    cfg.token = cloudimg_runtime::settings::Secret::new(Some("s3cret"));
     let mut p = Producer::start(cfg).await;
     let status = upload(&mut p.client, upload_of(&jpeg(16, 16)))
         .await

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +79,8 @@ impl Topology {
         args
     }
 
-    /// Declares both queues, durable. Idempotent.
+    /// Declares both queues, durable. Idempotent. A queue that already exists with other
+    /// arguments (declared by hand, or by an older version) is [`Error::Topology`], with what to do.
     pub async fn declare(&self, channel: &Channel) -> Result<()> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -86,21 +88,86 @@ impl Topology {
         };
         let mut dead_args = FieldTable::default();
         self.type_argument(&mut dead_args);
+        let dead = self.dead_letter_queue();
         channel
-            .queue_declare(self.dead_letter_queue().into(), durable, dead_args)
-            .await?;
+            .queue_declare(dead.as_str().into(), durable, dead_args)
+            .await
+            .map_err(|e| self.mismatch(&dead, e))?;
         channel
             .queue_declare(self.queue.as_str().into(), durable, self.queue_arguments())
-            .await?;
+            .await
+            .map_err(|e| self.mismatch(&self.queue, e))?;
         Ok(())
+    }
+
+    fn mismatch(&self, queue: &str, e: lapin::Error) -> Error {
+        if !is_precondition_failed(&e) {
+            return Error::Broker(e);
+        }
+        let wanted = if queue == self.queue {
+            format!(
+                "x-queue-type={}, x-dead-letter-exchange=\"\", x-dead-letter-routing-key={}",
+                self.queue_type.as_str(),
+                self.dead_letter_queue()
+            )
+        } else {
+            format!("x-queue-type={}", self.queue_type.as_str())
+        };
+        Error::Topology(format!(
+            "queue `{queue}` already exists on the broker with other arguments than cloudimg \
+             declares (durable, {wanted}): {e}. Delete it (`rabbitmqctl delete_queue {queue}`, \
+             after moving any messages), or set CLOUDIMG_QUEUE to another name, or \
+             CLOUDIMG_QUEUE_TYPE to the type it has. Retrying until then."
+        ))
+    }
+}
+
+/// Whether the broker refused a declaration because it conflicts with what exists (406).
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// Logs a topology mismatch as an error the first time and quietly after that, so an operator
+/// sees one clear, actionable line instead of one per retry. Other errors go to `warn`.
+#[derive(Debug, Default)]
+pub struct SetupErrorLog {
+    topology_reported: bool,
+}
+
+impl SetupErrorLog {
+    pub fn report(&mut self, e: &Error, retry_in: Duration, context: &'static str) {
+        let retry_in_ms = retry_in.as_millis() as u64;
+        match e {
+            Error::Topology(_) if !self.topology_reported => {
+                self.topology_reported = true;
+                tracing::error!(error = %e, retry_in_ms, "{context}");
+            }
+            Error::Topology(_) => tracing::debug!(error = %e, retry_in_ms, "{context}"),
+            _ => tracing::warn!(error = %e, retry_in_ms, "{context}"),
+        }
+    }
+
+    /// The link came up: a later mismatch is news again.
+    pub fn reset(&mut self) {
+        self.topology_reported = false;
     }
 }
 
 /// Opens one connection, named so operators can tell our connections apart in the management UI.
-pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+/// `amqps://` URLs trust the system's CAs plus `broker.ca_pem`.
+pub async fn connect(broker: &BrokerSettings, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await.map_err(|e| {
-        tracing::debug!(url = %redact_url(url), error = %e, "broker connection failed");
+    let mut builder = DefaultConnectionBuilder::new()?
+        .with_uri_str(broker.url.clone())
+        .with_properties(props);
+    if let Some(pem) = &broker.ca_pem {
+        builder = builder.with_tls_config(OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(pem.clone()),
+        });
+    }
+    builder.connect().await.map_err(|e| {
+        tracing::debug!(url = %redact_url(&broker.url), error = %e, "broker connection failed");
         Error::Broker(e)
     })
 }
@@ -157,14 +224,14 @@ impl Publisher {
     /// and starts over whenever the link fails, until `stop` is cancelled (then it closes the
     /// connection). Returns at once; [`Publisher::publish`] answers `Unavailable` until connected.
     pub fn start(
-        url: String,
+        broker: BrokerSettings,
         name: String,
         topology: Topology,
         stop: CancellationToken,
     ) -> (Publisher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
         let broken = Arc::new(Notify::new());
-        let task = tokio::spawn(supervise(url, name, topology, tx, broken.clone(), stop));
+        let task = tokio::spawn(supervise(broker, name, topology, tx, broken.clone(), stop));
         (Publisher { link: rx, broken }, task)
     }
 
@@ -234,7 +301,7 @@ impl Publisher {
 }
 
 async fn supervise(
-    url: String,
+    broker: BrokerSettings,
     name: String,
     topology: Topology,
     link: watch::Sender<Option<Channel>>,
@@ -242,9 +309,10 @@ async fn supervise(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut errors = SetupErrorLog::default();
     while !stop.is_cancelled() {
         let setup = async {
-            let connection = connect(&url, &name).await?;
+            let connection = connect(&broker, &name).await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -259,11 +327,12 @@ async fn supervise(
         match attempt {
             Ok((connection, channel)) => {
                 tracing::info!(
-                    broker = %redact_url(&url),
+                    broker = %redact_url(&broker.url),
                     queue = %topology.queue,
                     "publisher connected"
                 );
                 backoff.reset();
+                errors.reset();
                 link.send_replace(Some(channel.clone()));
                 tokio::select! {
                     _ = link_lost(&connection) => {}
@@ -290,12 +359,7 @@ async fn supervise(
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(
-                    broker = %redact_url(&url),
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot set up the broker link"
-                );
+                errors.report(&e, delay, "publisher cannot set up the broker link");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => break,

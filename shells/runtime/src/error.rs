@@ -18,6 +18,11 @@ pub enum Error {
     #[cfg(feature = "amqp")]
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// The queue exists on the broker with other arguments than ours: an operator must act
+    /// (the callers log it as an error once and keep retrying, slowly, until it is fixed).
+    #[cfg(feature = "amqp")]
+    #[error("{0}")]
+    Topology(String),
     /// The broker link failed while in use (the caller reconnects).
     #[cfg(feature = "amqp")]
     #[error("broker link lost: {0}")]

@@ -1,8 +1,9 @@
 //! What two or more cloudimg shells share, and nothing else: the generated schema ([`proto`]), job
 //! ids and object keys ([`jobs`]), settings read once at the edge ([`settings`]), logging
 //! ([`telemetry`]), the shutdown signal ([`shutdown`]), retry pacing ([`backoff`]), the broker
-//! topology and link supervisor ([`amqp`], feature `amqp`) and the object stores ([`store`]; S3 with
-//! feature `s3`).
+//! topology and link supervisor ([`amqp`], feature `amqp`), the object stores ([`store`]; S3 with
+//! feature `s3`) and the Prometheus endpoint and TLS provider of the services ([`service`], feature
+//! `service`).
 //!
 //! The `cloudimg` CLI depends on this crate without features, so it compiles neither lapin nor the
 //! AWS SDK.
@@ -13,6 +14,8 @@ pub mod amqp;
 pub mod backoff;
 mod error;
 pub mod jobs;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

@@ -2,7 +2,9 @@
 //! flags with environment fallbacks, named as ARCHITECTURE.md's contracts say, and the typed
 //! settings they turn into once, at the edge. Library code only ever sees the typed layer.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cloudimg_engine::Limits;
 
@@ -26,6 +28,10 @@ pub struct BrokerArgs {
     /// `classic` or `quorum`. Producer and worker must agree (they declare the same queue).
     #[arg(long, env = "CLOUDIMG_QUEUE_TYPE", default_value = "classic")]
     pub queue_type: QueueType,
+    /// A PEM file of CA certificates to trust for `amqps://`, besides the system's (a private
+    /// broker CA; Amazon MQ's certificates chain to public roots and need none).
+    #[arg(long, env = "CLOUDIMG_AMQP_CA")]
+    pub amqp_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,11 +50,37 @@ impl QueueType {
 }
 
 /// Where the broker is and which queue the jobs use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
+    /// May hold a password: never print it without [`redact_url`].
     pub url: String,
     pub queue: String,
     pub queue_type: QueueType,
+    /// Extra CA certificates (PEM) trusted for `amqps://`.
+    pub ca_pem: Option<String>,
+}
+
+impl BrokerSettings {
+    /// The settings for `url` and `queue`, classic queue, system CAs only.
+    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> BrokerSettings {
+        BrokerSettings {
+            url: url.into(),
+            queue: queue.into(),
+            queue_type: QueueType::Classic,
+            ca_pem: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &redact_url(&self.url))
+            .field("queue", &self.queue)
+            .field("queue_type", &self.queue_type)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl BrokerArgs {
@@ -72,11 +104,99 @@ impl BrokerArgs {
                 self.queue
             )));
         }
+        let ca_pem = match &self.amqp_ca {
+            Some(path) if !path.as_os_str().is_empty() => {
+                if !url.starts_with("amqps://") {
+                    return Err(Error::Config(
+                        "CLOUDIMG_AMQP_CA is set but AMQP_URL is not amqps://".into(),
+                    ));
+                }
+                Some(read_pem(path, "CLOUDIMG_AMQP_CA")?)
+            }
+            _ => None,
+        };
         Ok(BrokerSettings {
             url,
             queue: self.queue.clone(),
             queue_type: self.queue_type,
+            ca_pem,
         })
+    }
+}
+
+/// Reads a PEM file named by a setting, checking that it holds PEM at all.
+pub fn read_pem(path: &Path, setting: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{setting}: cannot read {}: {e}", path.display())))?;
+    if !text.contains("-----BEGIN ") {
+        return Err(Error::Config(format!(
+            "{setting}: {} is not a PEM file (no `-----BEGIN` line)",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// A secret setting (a token): compared and sent, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// `None` for an unset or empty value.
+    pub fn new(value: Option<&str>) -> Option<Secret> {
+        value
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret(v.to_owned()))
+    }
+
+    /// The value, for comparing or sending; never for logging.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What a long-running service (producer, worker) adds: metrics and the shutdown bound.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Address of the Prometheus endpoint (`GET /metrics`), for example `0.0.0.0:9464`; off when
+    /// unset.
+    #[arg(long, env = "CLOUDIMG_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The longest a SIGTERM drain may take, in seconds. Past it the worker closes its link (the
+    /// broker requeues what it still held) and the producer cuts the uploads still in flight
+    /// (their clients get an error, never OK); both then exit 0.
+    #[arg(long, env = "CLOUDIMG_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+}
+
+/// Metrics and shutdown, typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub metrics_listen: Option<SocketAddr>,
+    pub drain: Duration,
+}
+
+impl ServiceArgs {
+    pub fn settings(&self) -> ServiceSettings {
+        ServiceSettings {
+            metrics_listen: self.metrics_listen,
+            drain: Duration::from_secs(self.drain_seconds),
+        }
+    }
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            metrics_listen: None,
+            drain: Duration::from_secs(30),
+        }
     }
 }
 
@@ -195,6 +315,7 @@ mod tests {
             rabbit_host: rabbit_host.map(str::to_owned),
             queue: "images".into(),
             queue_type: QueueType::Classic,
+            amqp_ca: None,
         }
     }
 
@@ -235,5 +356,13 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
         assert_eq!(redact_url("amqps://u:p@ss@host/"), "amqps://u:***@host/");
+        let settings = broker(Some("amqp://guest:secret@host:5672/%2f"), None)
+            .settings()
+            .unwrap();
+        assert!(!format!("{settings:?}").contains("secret"));
+        let token = Secret::new(Some("secret")).unwrap();
+        assert!(!format!("{token:?}").contains("secret"));
+        assert_eq!(token.expose(), "secret");
+        assert_eq!(Secret::new(Some("")), None);
     }
 }

@@ -3,7 +3,8 @@
 use clap::Parser;
 use cloudimg_engine::Limits;
 use cloudimg_runtime::settings::{
-    BrokerArgs, BrokerSettings, LimitArgs, LogArgs, StoreArgs, StoreSettings,
+    BrokerArgs, BrokerSettings, LimitArgs, LogArgs, ServiceArgs, ServiceSettings, StoreArgs,
+    StoreSettings,
 };
 
 /// What the worker needs, typed and validated.
@@ -15,6 +16,8 @@ pub struct Config {
     /// Images converted at once: the engine pool's threads and the broker prefetch.
     pub concurrency: usize,
     pub limits: Limits,
+    /// Metrics endpoint and drain bound.
+    pub service: ServiceSettings,
 }
 
 /// cloudimg-worker: converts queued images and writes the results to the store.
@@ -30,6 +33,8 @@ pub struct Args {
     /// Images processed at once; the broker prefetch follows it (default: the number of cores).
     #[arg(long, env = "CLOUDIMG_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -53,6 +58,7 @@ impl Args {
             store,
             concurrency,
             limits: self.limits.limits(),
+            service: self.service.settings(),
         })
     }
 }

@@ -49,6 +49,43 @@ fn poison(job_id: &str, kind: &'static str, error: impl Into<String>) -> Outcome
     }
 }
 
+/// Counts the jobs a worker holds, for `cloudimg_jobs_in_flight`.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!("cloudimg_jobs_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("cloudimg_jobs_in_flight").decrement(1.0);
+    }
+}
+
+fn job_outcome(outcome: &'static str) {
+    metrics::counter!("cloudimg_jobs_total", "outcome" => outcome).increment(1);
+}
+
+/// The `stage` label of an engine stage.
+fn stage_label(stage: cloudimg_engine::Stage) -> &'static str {
+    use cloudimg_engine::Stage;
+    match stage {
+        Stage::Decode => "decode",
+        Stage::Luma => "luma",
+        Stage::Encode => "encode",
+        Stage::EntropyDecode => "entropy_decode",
+        Stage::Requantize => "requantize",
+        Stage::EntropyEncode => "entropy_encode",
+    }
+}
+
+fn record_stage(stage: &'static str, time: Duration) {
+    metrics::histogram!("cloudimg_stage_seconds", "stage" => stage).record(time.as_secs_f64());
+}
+
 /// Handles one delivery to the end: ack, dead-letter then ack, or nack for redelivery.
 pub(crate) async fn handle(
     ctx: Arc<Context>,
@@ -58,6 +95,7 @@ pub(crate) async fn handle(
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
+    let _in_flight = InFlight::enter();
     let Delivery {
         data,
         acker,
@@ -79,8 +117,15 @@ pub(crate) async fn handle(
         } => {
             if let Err(e) = acker.ack(BasicAckOptions::default()).await {
                 tracing::warn!(%key, error = %e, "ack failed; the job will be redelivered");
+                job_outcome("ack_failed");
                 return;
             }
+            job_outcome(if engine.is_some() {
+                "done"
+            } else {
+                "already_done"
+            });
+            metrics::histogram!("cloudimg_job_seconds").record(started.elapsed().as_secs_f64());
             tracing::info!(
                 %key,
                 ms = started.elapsed().as_millis() as u64,
@@ -92,6 +137,7 @@ pub(crate) async fn handle(
         }
         Outcome::Requeue(reason) => {
             tracing::warn!(%reason, "job handed back to the broker");
+            job_outcome("requeued");
             let _ = acker
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -113,6 +159,7 @@ pub(crate) async fn handle(
             let marked = mark_failed(&ctx, &job_id, kind, &error, &source_name, &retry).await;
             if let Err(reason) = marked {
                 tracing::warn!(%job_id, %reason, "cannot write the failure marker; requeueing");
+                job_outcome("requeued");
                 let _ = acker
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -161,6 +208,8 @@ pub(crate) async fn handle(
             if let Err(e) = result {
                 tracing::warn!(%job_id, error = %e, "ack after dead-lettering failed");
             }
+            job_outcome("dead_lettered");
+            metrics::counter!("cloudimg_job_errors_total", "kind" => kind).increment(1);
             tracing::error!(%job_id, kind, %error, "job dead-lettered");
         }
     }
@@ -178,6 +227,10 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         Ok(o) => o,
         Err(e) => return poison(&job.job_id, "job", e),
     };
+    if job.accepted_unix_ms > 0 {
+        let lag_ms = jobs::unix_ms().saturating_sub(job.accepted_unix_ms).max(0);
+        metrics::histogram!("cloudimg_queue_lag_seconds").record(lag_ms as f64 / 1000.0);
+    }
     let key = job_id.result_key(options.format);
     if job.output_key != key {
         return poison(
@@ -233,8 +286,12 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
                     ),
                 ));
             }
+            let fetch_started = Instant::now();
             match retry.run("get", || ctx.store.get(&staged.key)).await {
-                Ok(Some(data)) => data,
+                Ok(Some(data)) => {
+                    record_stage("fetch", fetch_started.elapsed());
+                    data
+                }
                 Ok(None) => {
                     // Either the job finished before (and cleaned up), or the upload is gone.
                     return match retry.run("head", || ctx.store.head(&key)).await {
@@ -257,6 +314,7 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         None => return with_name(poison(&job.job_id, "job", "the job carries no image")),
     };
 
+    metrics::counter!("cloudimg_input_bytes_total").increment(data.len() as u64);
     let converted = match convert_on_pool(ctx, data, options).await {
         Ok(c) => c,
         Err(e) => return with_name(poison(&job.job_id, e.kind().as_str(), e.to_string())),
@@ -266,6 +324,12 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         .iter()
         .map(|s| engine.get(*s))
         .sum::<Duration>();
+    for stage in cloudimg_engine::Stage::ALL {
+        let time = engine.get(stage);
+        if !time.is_zero() {
+            record_stage(stage_label(stage), time);
+        }
+    }
     let (width, height) = converted.displayed_size();
     let meta = ObjectMeta {
         content_type: converted.format.mime_type().to_owned(),
@@ -281,12 +345,15 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         .into(),
     };
     let output = Bytes::from(converted.data);
+    let put_started = Instant::now();
     if let Err(reason) = retry
         .run("put", || ctx.store.put(&key, output.clone(), &meta))
         .await
     {
         return Outcome::Requeue(reason);
     }
+    record_stage("store", put_started.elapsed());
+    metrics::counter!("cloudimg_output_bytes_total").increment(output.len() as u64);
     cleanup_staged(ctx, &job_id, &job.payload).await;
     Outcome::Done {
         key,
@@ -376,7 +443,7 @@ struct Retry<'a> {
 }
 
 impl Retry<'_> {
-    async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, String>
+    async fn run<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T, String>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = cloudimg_runtime::Result<T>>,
@@ -386,6 +453,7 @@ impl Retry<'_> {
             match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    metrics::counter!("cloudimg_store_errors_total", "op" => what).increment(1);
                     if self.link.is_cancelled() || self.shutdown.is_cancelled() {
                         return Err(e.to_string());
                     }

@@ -74,21 +74,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         limits: config.limits,
     });
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut errors = amqp::SetupErrorLog::default();
+    metrics::gauge!("cloudimg_broker_connected").set(0.0);
+    metrics::gauge!("cloudimg_jobs_in_flight").set(0.0);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&ctx, &config, &shutdown).await {
+        let result = session(&ctx, &config, &shutdown, &mut errors).await;
+        metrics::gauge!("cloudimg_broker_connected").set(0.0);
+        match result {
             Ok(()) => break,
             Err(e) => {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(
-                    broker = %redact_url(&config.broker.url),
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "broker link down; reconnecting"
-                );
+                tracing::debug!(broker = %redact_url(&config.broker.url), "reconnecting");
+                errors.report(&e, delay, "worker: broker link down; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => break,
@@ -105,8 +106,9 @@ async fn session(
     ctx: &Arc<Context>,
     config: &Config,
     shutdown: &CancellationToken,
+    errors: &mut amqp::SetupErrorLog,
 ) -> Result<(), cloudimg_runtime::Error> {
-    let connection = amqp::connect(&config.broker.url, "cloudimg-worker").await?;
+    let connection = amqp::connect(&config.broker, "cloudimg-worker").await?;
     let channel = connection.create_channel().await?;
     ctx.topology.declare(&channel).await?;
     channel
@@ -125,6 +127,9 @@ async fn session(
         )
         .await?;
     tracing::info!(queue = %ctx.topology.queue, prefetch = config.concurrency, "worker consuming");
+    errors.reset();
+    metrics::gauge!("cloudimg_broker_connected").set(1.0);
+    metrics::counter!("cloudimg_broker_connects_total").increment(1);
 
     let tracker = TaskTracker::new();
     let link = CancellationToken::new();
@@ -158,7 +163,22 @@ async fn session(
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                 .await;
             tracker.close();
-            tracker.wait().await;
+            let drain = config.service.drain;
+            tracing::info!(
+                held = tracker.len(),
+                drain_seconds = drain.as_secs(),
+                "shutdown: consumer cancelled; finishing the jobs held"
+            );
+            if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+                // Unacked deliveries go back to the queue when the connection closes: another
+                // worker does them. Nothing is lost; at worst a result is written twice.
+                tracing::warn!(
+                    still_held = tracker.len(),
+                    drain_seconds = drain.as_secs(),
+                    "drain timed out: closing the link; the broker requeues what is still held"
+                );
+                link.cancel();
+            }
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 connection.close(200, "cloudimg worker shutting down".into()),

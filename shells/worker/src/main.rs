@@ -15,6 +15,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = config.service.metrics_listen
+        && let Err(e) = cloudimg_runtime::service::install_metrics(addr)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cloudimg_worker::run(config, shutdown::on_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -27,16 +27,13 @@ struct Worker {
 
 fn start_worker(queue: &str, dir: &Path) -> Worker {
     let config = Config {
-        broker: BrokerSettings {
-            url: amqp_url(),
-            queue: queue.to_owned(),
-            queue_type: QueueType::Classic,
-        },
+        broker: BrokerSettings::new(amqp_url(), queue),
         store: StoreSettings::Local {
             dir: dir.to_path_buf(),
         },
         concurrency: 2,
         limits: Limits::default(),
+        service: Default::default(),
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(cloudimg_worker::run(config, stop.clone()));
