@@ -9,7 +9,7 @@
 //! (`blocks x 136` bytes: 25 MB for 12 megapixels).
 
 use super::bits::{BitReader, ScanData, skip_scan};
-use super::huffman::{DecodeTable, LOOKAHEAD, extend};
+use super::huffman::{DecodeTable, LOOKAHEAD, SKIP_BITS, SKIP_ENDED, extend};
 use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
 use crate::error::{Error, Result};
@@ -624,38 +624,45 @@ fn decode_block(
 }
 
 /// Sequential: walks over one block of another component, keeping nothing (out of line and
-/// refilling as [`decode_block`] does).
+/// refilling as [`decode_block`] does). Most steps take several symbols at once from the
+/// table's skip entries: a chroma block is typically a few small coefficients and its end.
 #[inline(never)]
 fn skip_block(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
     let mut bits = *outer;
     let reader = &mut bits;
     dc_diff(reader, dc)?;
-    let fused = &*ac.fused;
+    let skip = &*ac.skip;
     let mut k = 1usize;
-    'block: loop {
+    loop {
+        // A refill leaves 56 bits: room for a skip entry (12) and one symbol (26) after it.
         reader.refill();
-        for _ in 0..2 {
-            let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
-            if entry != 0 {
-                reader.consume(entry & 0xFF);
-                k += ((entry >> 8) & 15) as usize + 1;
-            } else {
-                let (symbol, len) = ac.decode(reader.peek())?;
-                let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-                if size == 0 {
-                    reader.consume(len);
-                    if run != 15 {
-                        break 'block; // end of block
-                    }
-                    k += 16;
-                } else {
-                    reader.consume(len + size);
-                    k += run + 1;
-                }
+        let entry = skip[(reader.peek() >> (64 - SKIP_BITS)) as usize];
+        let (advanced, ended) = (usize::from((entry >> 4) & 0x7F), entry & SKIP_ENDED != 0);
+        // A block may end on its last coefficient without an end-of-block code; an entry that
+        // goes on past position 64 (or ends with a code read there) took the next block's bits
+        // as this one's. Step one symbol at a time then.
+        let fits = if ended {
+            k + advanced < 64
+        } else {
+            k + advanced <= 64
+        };
+        if entry != 0 && fits {
+            reader.consume(u32::from(entry & 15));
+            k += advanced;
+            if ended || k == 64 {
+                break;
             }
-            if k >= 64 {
-                break 'block;
-            }
+        }
+        let (symbol, len) = ac.decode(reader.peek())?;
+        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+        reader.consume(len + size);
+        match (run, size) {
+            (15, 0) => k += 16,
+            (_, 0) => break, // end of block
+            _ => k += run + 1,
+        }
+        if k >= 64 {
+            break;
         }
     }
     if k > 64 {

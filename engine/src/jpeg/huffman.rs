@@ -9,6 +9,13 @@ use crate::error::Result;
 pub(crate) const LOOKAHEAD: u32 = 10;
 const SIZE: usize = 1 << LOOKAHEAD;
 
+/// Bits the skipping table looks at: a chroma block's few small coefficients and its end often
+/// fit together, and 4,096 two-byte entries still sit in L1.
+pub(crate) const SKIP_BITS: u32 = 12;
+const SKIP_SIZE: usize = 1 << SKIP_BITS;
+/// A skip entry's fields.
+pub(crate) const SKIP_ENDED: u16 = 1 << 11;
+
 /// A decoding table.
 pub(crate) struct DecodeTable {
     /// By the next LOOKAHEAD bits: `(code length << 8) | symbol`, or 0 when the code is longer.
@@ -16,6 +23,10 @@ pub(crate) struct DecodeTable {
     /// AC only, by the next LOOKAHEAD bits: a whole coefficient, when its code and magnitude bits
     /// both fit: `value << 16 | run << 8 | bits used`; 0 otherwise (EOB, ZRL, or too long).
     pub fused: Box<[u32; SIZE]>,
+    /// AC only, for skipping blocks whose values nobody needs, by the next SKIP_BITS bits:
+    /// every whole symbol (code and magnitude) that fits, up to an end of block, as
+    /// `bits used | positions advanced << 4 | ended << 11`; 0 when not even one fits.
+    pub skip: Box<[u16; SKIP_SIZE]>,
     /// The largest code of each length 0..=16 (-1 when none), for codes longer than LOOKAHEAD.
     max_code: [i32; 17],
     /// Added to a code of each length to index `symbols`.
@@ -40,6 +51,7 @@ impl DecodeTable {
         let mut table = DecodeTable {
             lookup: Box::new([0; SIZE]),
             fused: Box::new([0; SIZE]),
+            skip: Box::new([0; SKIP_SIZE]),
             max_code: [-1; 17],
             offset: [0; 17],
             symbols: [0; 256],
@@ -72,7 +84,42 @@ impl DecodeTable {
                 }
             }
         }
+        if is_ac {
+            table.fill_skip();
+        }
         Ok(table)
+    }
+
+    /// Fills `skip` from `lookup`: for each pattern, walks whole symbols while they fit.
+    fn fill_skip(&mut self) {
+        for pattern in 0..SKIP_SIZE {
+            let bits = (pattern as u64) << (64 - SKIP_BITS);
+            let (mut used, mut advanced, mut ended) = (0u32, 0u16, false);
+            loop {
+                let entry = self.lookup[((bits << used) >> (64 - LOOKAHEAD)) as usize];
+                let (symbol, len) = (entry as u8, u32::from(entry >> 8));
+                let size = u32::from(symbol & 15);
+                if entry == 0 || used + len + size > SKIP_BITS {
+                    break;
+                }
+                used += len + size;
+                match (symbol >> 4, size) {
+                    (15, 0) => advanced += 16,
+                    (_, 0) => {
+                        ended = true;
+                        break;
+                    }
+                    (run, _) => advanced += u16::from(run) + 1,
+                }
+                if advanced >= 63 {
+                    break;
+                }
+            }
+            if used > 0 {
+                self.skip[pattern] =
+                    used as u16 | advanced << 4 | if ended { SKIP_ENDED } else { 0 };
+            }
+        }
     }
 
     /// Decodes one symbol from the top of `bits` (MSB-aligned, at least 16 valid bits):
@@ -154,6 +201,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn skip_entries_walk_whole_symbols_up_to_the_end_of_block() {
+        let spec = std_ac_luminance();
+        let table = DecodeTable::new(&spec, true).unwrap();
+        let encode = EncodeTable::new(&spec).unwrap();
+        // Symbols 0x01 (+1: "00" then "1"), 0x11 (run 1, +1) and EOB, then filler ones.
+        let mut bits = 0u64;
+        let mut used = 0;
+        for (symbol, extra, extra_len) in [(0x01u8, 1u64, 1), (0x11, 1, 1), (0x00, 0, 0)] {
+            let (code, len) = encode.code(symbol);
+            bits = (bits << (len + extra_len)) | (u64::from(code) << extra_len) | extra;
+            used += len + extra_len;
+        }
+        assert!(used <= SKIP_BITS);
+        let pattern = ((bits << (SKIP_BITS - used)) | ((1 << (SKIP_BITS - used)) - 1)) as usize;
+        let entry = table.skip[pattern];
+        assert_eq!(u32::from(entry & 15), used);
+        assert_eq!(
+            (entry >> 4) & 0x7F,
+            3,
+            "one coefficient, then one after a zero"
+        );
+        assert_ne!(entry & SKIP_ENDED, 0);
     }
 
     #[test]
