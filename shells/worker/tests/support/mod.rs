@@ -5,7 +5,8 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
@@ -133,10 +134,11 @@ pub fn manifest(corpus: &Path) -> Vec<ManifestRow> {
                 .find_map(|kv| kv.strip_prefix("exif_orientation="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
+            // Files whose header names no size (not images at all) have 0 x 0.
             Some(ManifestRow {
                 path: f[0].to_owned(),
-                width: f[5].parse().ok()?,
-                height: f[6].parse().ok()?,
+                width: f[5].parse().unwrap_or(0),
+                height: f[6].parse().unwrap_or(0),
                 expect: f[9].to_owned(),
                 orientation,
             })
@@ -182,6 +184,8 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Service {
     pub name: &'static str,
     pub child: Option<Child>,
+    /// Where its stderr goes, when started by [`Shells`].
+    pub log: Option<PathBuf>,
 }
 
 impl Service {
@@ -192,6 +196,23 @@ impl Service {
         Service {
             name,
             child: Some(child),
+            log: None,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -201,10 +222,22 @@ impl Service {
 
     /// Sends SIGTERM and waits for the exit status (the drain must end with 0).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal_term();
+        self.wait_exit(timeout)
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `timeout` for the exit status; kills it and returns `None` past that.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -281,5 +314,547 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- the shells as processes ----------------------------------------------------------------
+
+/// A bucket on the S3 endpoint, made for one test and deleted by [`Bucket::delete`].
+pub struct Bucket {
+    pub client: aws_sdk_s3::Client,
+    pub name: String,
+}
+
+impl Bucket {
+    pub async fn create(endpoint: &str) -> Bucket {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .load()
+            .await;
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(true)
+                .build(),
+        );
+        let name = format!(
+            "cloudimg-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        client.create_bucket().bucket(&name).send().await.unwrap();
+        Bucket { client, name }
+    }
+
+    pub async fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.name)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .unwrap();
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match page.next_continuation_token() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return keys,
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(object.body.collect().await.unwrap().into_bytes().to_vec())
+    }
+
+    pub async fn delete(&self) {
+        for key in self.keys().await {
+            let _ = self
+                .client
+                .delete_object()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await;
+        }
+        let _ = self.client.delete_bucket().bucket(&self.name).send().await;
+    }
+}
+
+/// Where the shells keep results.
+#[derive(Clone)]
+pub enum StoreEnv {
+    S3 { bucket: String, endpoint: String },
+    Dir(PathBuf),
+}
+
+/// How to start the real producer and worker binaries against one queue and store, with their
+/// logs kept in files (so tests can read what they logged).
+pub struct Shells {
+    pub amqp_url: String,
+    pub queue: String,
+    pub store: StoreEnv,
+    pub logs: TempDir,
+    started: std::cell::Cell<u32>,
+}
+
+impl Shells {
+    pub fn new(amqp_url: impl Into<String>, queue: &str, store: StoreEnv) -> Shells {
+        Shells {
+            amqp_url: amqp_url.into(),
+            queue: queue.to_owned(),
+            store,
+            logs: TempDir::new("logs"),
+            started: Default::default(),
+        }
+    }
+
+    /// A command for `name` (a binary of the workspace) with the shells' environment.
+    pub fn command(&self, name: &str) -> Command {
+        let mut command = Command::new(binary(name));
+        command
+            .env("AMQP_URL", &self.amqp_url)
+            .env("CLOUDIMG_QUEUE", &self.queue)
+            .env("RUST_LOG", "warn")
+            .env_remove("CLOUDIMG_METRICS_LISTEN")
+            .env_remove("CLOUDIMG_TOKEN")
+            .env_remove("CLOUDIMG_TLS_CERT")
+            .env_remove("CLOUDIMG_TLS_KEY")
+            .stdin(Stdio::null());
+        match &self.store {
+            StoreEnv::S3 { bucket, endpoint } => {
+                command
+                    .env("BUCKET_NAME", bucket)
+                    .env("AWS_ENDPOINT_URL", endpoint)
+                    .env("AWS_REGION", "us-east-1")
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env_remove("CLOUDIMG_OUT_DIR");
+            }
+            StoreEnv::Dir(dir) => {
+                command
+                    .env("CLOUDIMG_OUT_DIR", dir)
+                    .env_remove("BUCKET_NAME");
+            }
+        }
+        command
+    }
+
+    fn start(&self, name: &'static str, mut command: Command) -> Service {
+        let n = self.started.get() + 1;
+        self.started.set(n);
+        let log = self.logs.0.join(format!("{n:02}-{name}.log"));
+        command.stderr(std::fs::File::create(&log).unwrap());
+        let mut service = Service::start(name, command);
+        service.log = Some(log);
+        service
+    }
+
+    /// Starts a producer with `extra` environment; returns it and its `HOST:PORT`.
+    pub fn producer(&self, extra: &[(&str, &str)]) -> (Service, String) {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let mut command = self.command("cloudimg-producer");
+        command.env("CLOUDIMG_LISTEN", &address);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let service = self.start("producer", command);
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "the producer did not listen on {address}"
+        );
+        (service, address)
+    }
+
+    /// Starts a worker (concurrency 2 unless `extra` says otherwise).
+    pub fn worker(&self, extra: &[(&str, &str)]) -> Service {
+        let mut command = self.command("cloudimg-worker");
+        command.env("CLOUDIMG_CONCURRENCY", "2");
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        self.start("worker", command)
+    }
+
+    /// Everything every process logged so far, for a failure message.
+    pub fn all_logs(&self) -> String {
+        let mut names: Vec<_> = std::fs::read_dir(&self.logs.0)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| {
+                format!(
+                    "--- {}\n{}",
+                    p.display(),
+                    std::fs::read_to_string(p).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+/// What `cloudimg send` did.
+#[derive(Debug)]
+pub struct Sent {
+    pub code: Option<i32>,
+    pub records: Vec<serde_json::Value>,
+    pub stderr: String,
+}
+
+impl Sent {
+    pub fn by_file(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.records
+            .iter()
+            .map(|r| (r["file"].as_str().unwrap_or("?").to_owned(), r.clone()))
+            .collect()
+    }
+}
+
+/// Runs the real `cloudimg send --json` with `args` (paths, flags) against `producer`.
+pub fn send(producer: &str, args: &[&std::ffi::OsStr]) -> Sent {
+    let output = Command::new(binary("cloudimg"))
+        .arg("send")
+        .arg("--json")
+        .args(args)
+        .args(["--producer", producer])
+        .env_remove("CLOUDIMG_PRODUCER")
+        .env_remove("CLOUDIMG_TOKEN")
+        .env_remove("CLOUDIMG_TLS_CA")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run cloudimg send");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let records = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    Sent {
+        code: output.status.code(),
+        records,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `send` on a blocking thread, for async tests.
+pub async fn send_async(producer: &str, args: Vec<std::ffi::OsString>) -> Sent {
+    let producer = producer.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        send(&producer, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// `GET /metrics` from a Prometheus endpoint, as text.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or(("", ""));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "metrics answered {head:?}"
+    );
+    body.to_owned()
+}
+
+/// The sum of every sample of `series` (a metric name, optionally with `{label="value"}` pairs
+/// that must all appear on the sample), or `None` when no sample matches.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    let (name, labels) = match series.split_once('{') {
+        Some((n, l)) => (n, l.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((sample, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (sample_name, sample_labels) = match sample.split_once('{') {
+            Some((n, l)) => (n, l),
+            None => (sample, ""),
+        };
+        if sample_name == name && wanted.iter().all(|w| sample_labels.contains(w)) {
+            *total.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Polls `check` every 100 ms until it is true or `timeout` passes; returns the last answer.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---- a TCP proxy the tests own, between the shells and a server --------------------------------
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards both ways.
+    Forward,
+    /// Holds every byte (open connections and new ones) until the mode changes: a server that
+    /// stopped answering.
+    Stall,
+    /// Cuts every open connection and closes new ones at once: a server that is gone.
+    Refuse,
+}
+
+/// Forwards loopback connections to `upstream`; [`Proxy::set`] changes what it does.
+pub struct Proxy {
+    pub port: u16,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mode, _) = tokio::sync::watch::channel(ProxyMode::Forward);
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let links = links.clone();
+            let mode = mode.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let upstream = upstream.clone();
+                    let mut watch = mode.subscribe();
+                    let link = tokio::spawn(async move {
+                        if !wait_unless_stalled(&mut watch).await {
+                            return; // refused: dropping the socket closes it
+                        }
+                        let Ok(server) = tokio::net::TcpStream::connect(upstream.as_str()).await
+                        else {
+                            return;
+                        };
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::join!(pipe(cr, sw, watch.clone()), pipe(sr, cw, watch.clone()));
+                    });
+                    let mut links = links.lock().unwrap();
+                    links.retain(|l| !l.is_finished());
+                    links.push(link);
+                }
+            }
+        });
+        Proxy {
+            port,
+            mode,
+            links,
+            accept,
+        }
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+        if mode == ProxyMode::Refuse {
+            self.cut();
+        }
+    }
+
+    /// Drops every connection through the proxy now (new ones are still handled by the mode);
+    /// returns how many were open.
+    pub fn cut(&self) -> usize {
+        let links: Vec<_> = self.links.lock().unwrap().drain(..).collect();
+        let live = links.iter().filter(|l| !l.is_finished()).count();
+        for link in links {
+            link.abort();
+        }
+        live
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Waits while the proxy stalls; `false` when it refuses.
+async fn wait_unless_stalled(mode: &mut tokio::sync::watch::Receiver<ProxyMode>) -> bool {
+    loop {
+        match *mode.borrow_and_update() {
+            ProxyMode::Forward => return true,
+            ProxyMode::Refuse => return false,
+            ProxyMode::Stall => {}
+        }
+        if mode.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<ProxyMode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = async {
+                while mode.changed().await.is_ok() {
+                    if *mode.borrow() == ProxyMode::Refuse {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await
+            } => return,
+        };
+        if !wait_unless_stalled(&mut mode).await {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+// ---- TLS material made for a test ------------------------------------------------------------
+
+/// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`, made with the
+/// `openssl` command (PEM files in `dir`).
+pub struct TestPki {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+pub fn openssl_available() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn make_pki(dir: &Path) -> TestPki {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cloudimg test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    TestPki {
+        ca_cert: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
     }
 }
