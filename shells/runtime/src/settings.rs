@@ -276,8 +276,11 @@ pub struct LogArgs {
     /// `text` (for people) or `json` (one object per line, for log pipelines).
     #[arg(long, env = "CLOUDIMG_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
-    /// Which events to log, as a tracing filter (`info`, `cloudimg_worker=debug,info`).
-    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    /// Which events to log, as a tracing filter (`info`, `cloudimg_worker=debug,info`). lapin's
+    /// own lines are off by default: it logs a broker-forced close as ERROR although the shells
+    /// reconnect, and the shells log every link loss themselves (`info,lapin=warn` brings them
+    /// back).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info,lapin=off")]
     pub log_filter: String,
 }
 

@@ -429,7 +429,9 @@ impl Shells {
         command
             .env("AMQP_URL", &self.amqp_url)
             .env("CLOUDIMG_QUEUE", &self.queue)
-            .env("RUST_LOG", "warn")
+            // The binaries' default filter: what an operator gets.
+            .env_remove("RUST_LOG")
+            .env_remove("CLOUDIMG_LOG_FORMAT")
             .env_remove("CLOUDIMG_METRICS_LISTEN")
             .env_remove("CLOUDIMG_TOKEN")
             .env_remove("CLOUDIMG_TLS_CERT")
