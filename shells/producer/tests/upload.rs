@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use cloudimg_engine::Limits;
 use cloudimg_producer::Config;
 use cloudimg_runtime::jobs::{FailureMarker, JobId};
@@ -470,4 +471,196 @@ async fn a_pixel_bomb_is_refused_from_its_first_chunk_before_the_rest_arrives() 
     assert_eq!(answer.unwrap_err().code(), Code::ResourceExhausted);
     drop(tx);
     p.stop().await;
+}
+
+/// Sends `first` and then holds the upload open (the returned sender feeds it more).
+fn open_upload(
+    first: Vec<UploadRequest>,
+) -> (
+    tokio::sync::mpsc::Sender<UploadRequest>,
+    impl futures_util::Stream<Item = UploadRequest>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(first.len().max(1) + 64);
+    for m in first {
+        tx.try_send(m).unwrap();
+    }
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    (tx, stream)
+}
+
+#[tokio::test]
+async fn an_upload_over_the_size_limit_is_refused_while_it_is_still_open() {
+    let queue = unique_queue("oversize");
+    let mut p = Producer::start(config(
+        &queue,
+        "amqp://127.0.0.1:1/%2f",
+        StoreSettings::None,
+    ))
+    .await;
+    // Declared over the 1 MiB limit: refused on the metadata, before a single byte.
+    let (tx, stream) = open_upload(vec![metadata(2 << 20)]);
+    let answer = tokio::time::timeout(Duration::from_secs(10), p.client.upload(stream))
+        .await
+        .expect("refused before the upload ends");
+    assert_eq!(answer.unwrap_err().code(), Code::ResourceExhausted);
+    drop(tx);
+    // Size not declared: refused on the chunk that crosses the limit, with the stream still open
+    // (the producer never holds more than the limit).
+    let mut first = vec![metadata(0), chunk(&jpeg(8, 8)[..16])];
+    first.extend((0..17).map(|_| chunk(&[0u8; 64 << 10])));
+    let (tx, stream) = open_upload(first);
+    let answer = tokio::time::timeout(Duration::from_secs(10), p.client.upload(stream))
+        .await
+        .expect("refused before the upload ends");
+    assert_eq!(answer.unwrap_err().code(), Code::ResourceExhausted);
+    drop(tx);
+    p.stop().await;
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG signature and header declaring `width` x `height` RGB, then a few bytes of nothing: a
+/// decompression bomb's opening.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    png.extend([0u8; 64]);
+    png
+}
+
+#[tokio::test]
+async fn decompression_bombs_are_refused_from_the_header_of_either_format() {
+    let queue = unique_queue("bombs");
+    let mut p = Producer::start(config(
+        &queue,
+        "amqp://127.0.0.1:1/%2f",
+        StoreSettings::None,
+    ))
+    .await;
+    // 60000 x 60000 PNG (3.6 gigapixels, 10.8 GB of RGB) declared in 100 bytes; a JPEG over the
+    // 1 MP limit. Both refused while the upload is still open: no decoder ever sees them.
+    let big_jpeg = jpeg(1200, 1000);
+    for (what, head, size) in [
+        ("png", png_header(60_000, 60_000), 50 << 10),
+        ("jpeg", big_jpeg[..4096].to_vec(), big_jpeg.len() as u64),
+    ] {
+        let (tx, stream) = open_upload(vec![metadata(size), chunk(&head)]);
+        let answer = tokio::time::timeout(Duration::from_secs(10), p.client.upload(stream))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer while the upload is open"));
+        let status = answer.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{what}: {status:?}");
+        drop(tx);
+    }
+    p.stop().await;
+}
+
+/// `base` (a JPEG) grown to exactly `total` bytes with comment segments after SOI: still a valid
+/// JPEG, as large as a test needs, made in microseconds.
+fn padded_jpeg(base: &[u8], total: usize) -> Vec<u8> {
+    let mut remaining = total - base.len();
+    let segments = remaining.div_ceil(65_537);
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&base[..2]);
+    for i in 0..segments {
+        let size = remaining / (segments - i);
+        remaining -= size;
+        let length = (size - 2) as u16;
+        out.extend([0xFF, 0xFE]);
+        out.extend(length.to_be_bytes());
+        out.resize(out.len() + size - 4, b'c');
+    }
+    out.extend_from_slice(&base[2..]);
+    assert_eq!(out.len(), total);
+    out
+}
+
+#[tokio::test]
+async fn every_queued_message_stays_under_16_mib_whatever_the_staging_setting() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let queue = unique_queue("msgsize");
+    let dir = temp_dir("msgsize");
+    // Staging asked for only above 1 GB: the producer caps it at 15 MiB (RabbitMQ 4 and Amazon MQ
+    // refuse messages over 16 MiB by default; the local 3.10 broker would take them silently).
+    let args = cloudimg_producer::Args::try_parse_from([
+        "cloudimg-producer".into(),
+        "--amqp-url".into(),
+        amqp_url(),
+        "--queue".into(),
+        queue.clone(),
+        "--out-dir".into(),
+        dir.display().to_string(),
+        "--stage-over-bytes".into(),
+        "1000000000".into(),
+    ])
+    .unwrap();
+    let mut cfg = args.config().unwrap();
+    cfg.store = StoreSettings::Local { dir: dir.clone() };
+    assert_eq!(cfg.stage_over_bytes, 15 << 20);
+    let mut p = Producer::start(cfg).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.health().await != ServingStatus::Serving && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base = jpeg(64, 48);
+    let sizes = [15 << 20, (15 << 20) + 1, 40 << 20];
+    for size in sizes {
+        let data = padded_jpeg(&base, size);
+        let mut messages = vec![metadata(size as u64)];
+        messages.extend(data.chunks(1 << 20).map(chunk));
+        upload(&mut p.client, messages)
+            .await
+            .unwrap_or_else(|e| panic!("{size} bytes: {e:?}"));
+    }
+    let channel = connection.create_channel().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in sizes {
+        let message = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("an accepted upload is on the queue");
+        let body = message.delivery.data.len();
+        let job = ImageJob::decode(&message.delivery.data[..]).unwrap();
+        let staged = matches!(job.payload, Some(image_job::Payload::Staged(_)));
+        assert!(body < 16 << 20, "a message of {body} bytes");
+        seen.push((body, staged));
+    }
+    seen.sort();
+    // 15 MiB exactly travels inline (just under the cap); one byte more is staged.
+    assert!(
+        !seen[2].1 && seen[2].0 > 15 << 20 && seen[2].0 < (15 << 20) + 1024,
+        "{seen:?}"
+    );
+    assert!(seen[0].1 && seen[1].1 && seen[1].0 < 1024, "{seen:?}");
+    p.stop().await;
+    for q in [queue.clone(), format!("{queue}.dead")] {
+        channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
