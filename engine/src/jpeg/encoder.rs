@@ -26,7 +26,10 @@ pub(crate) struct Requantizer {
     /// Per zigzag position: source step, output step, and `ceil(2^40 / output step)`.
     source: [u32; 64],
     output: [u32; 64],
-    reciprocal: [u64; 64],
+    /// Per zigzag position, `source * reciprocal` and `(output - 1) / 2 * reciprocal`, so that
+    /// requantizing is one multiply and one add: `(|v| * scale + offset) >> 40`.
+    scale: [u64; 64],
+    offset: [u64; 64],
     /// Per zigzag position, the largest magnitude that becomes zero in the output.
     vanishing: [i16; 64],
     surviving: survive::Kernel,
@@ -39,10 +42,13 @@ impl Requantizer {
     pub fn new(source: &QuantTable, output: &QuantTable) -> Requantizer {
         let output32: [u32; 64] = std::array::from_fn(|k| u32::from(output[k]).max(1));
         let source32: [u32; 64] = std::array::from_fn(|k| u32::from(source[k]));
+        let reciprocal: [u64; 64] =
+            std::array::from_fn(|k| (1u64 << 40).div_ceil(u64::from(output32[k])));
         Requantizer {
             source: source32,
             output: output32,
-            reciprocal: std::array::from_fn(|k| (1u64 << 40).div_ceil(u64::from(output32[k]))),
+            scale: std::array::from_fn(|k| u64::from(source32[k]) * reciprocal[k]),
+            offset: std::array::from_fn(|k| u64::from((output32[k] - 1) / 2) * reciprocal[k]),
             // |v| * source + (output - 1) / 2 < output
             //   <=>  |v| < ceil((output - (output - 1) / 2) / source)
             vanishing: std::array::from_fn(|k| match source32[k] {
@@ -65,22 +71,21 @@ impl Requantizer {
         (self.surviving)(coef, &self.vanishing) | 1
     }
 
-    /// The coefficient at zigzag position `k` in output steps.
+    /// The magnitude of the coefficient at zigzag position `k`, of magnitude `magnitude` in
+    /// source steps, in output steps (the sign never changes).
     ///
     /// Exact for every `|v| <= 2047` (the decoder rejects larger): with `source <= output`,
     /// `a = |v| * source + (output - 1) / 2 < 2^11 * output`, and with `output <= 16384` the rounding
     /// error of the reciprocal, `a * (reciprocal - 2^40 / output) / 2^40 < 2^11 * output / 2^40`,
-    /// stays below `1 / output`, so the multiply-shift equals `a / output`.
+    /// stays below `1 / output`, so the multiply-shift equals `a / output`. (`a * reciprocal`
+    /// is computed as `|v| * scale + offset`: the same integer, below 2^52.)
     #[inline(always)]
-    pub fn apply(&self, k: usize, v: i16) -> i32 {
-        let (source, output) = (self.source[k], self.output[k]);
-        let a = u32::from(v.unsigned_abs()) * source + (output - 1) / 2;
-        let q = if self.divide {
-            a / output
+    pub fn apply(&self, k: usize, magnitude: u16) -> u32 {
+        if self.divide {
+            (u32::from(magnitude) * self.source[k] + (self.output[k] - 1) / 2) / self.output[k]
         } else {
-            ((u64::from(a) * self.reciprocal[k]) >> 40) as u32
-        } as i32;
-        if v < 0 { -q } else { q }
+            ((u64::from(magnitude) * self.scale[k] + self.offset[k]) >> 40) as u32
+        }
     }
 }
 
@@ -99,8 +104,17 @@ pub(crate) fn output_table(quality: Option<u8>, source: &QuantTable) -> QuantTab
     }
 }
 
-/// Magnitude category and the bits that follow it (F.1.2.1): negative values are sent as
-/// `v - 1` in `size` bits.
+/// Magnitude category and the bits that follow it (F.1.2.1) of a nonzero value given as its
+/// magnitude `q` and sign: negative values are sent as `v - 1` in `size` bits, which is the
+/// complement of the magnitude.
+#[inline(always)]
+fn category(q: u32, negative: bool) -> (u32, u32) {
+    let size = 32 - q.leading_zeros();
+    let bits = if negative { !q } else { q } & ((1u32 << size) - 1);
+    (size, bits)
+}
+
+/// [`category`] of a signed value (0 has size 0).
 #[inline(always)]
 fn magnitude(v: i32) -> (u32, u32) {
     let sign = v >> 31;
@@ -187,10 +201,15 @@ impl GrayJpegWriter {
         &mut self,
         block: &Block,
         mask: u64,
-        requantize: impl Fn(usize, i16) -> i32,
+        requantize: impl Fn(usize, u16) -> u32,
     ) -> Result<()> {
         let mut out = self.writer.cursor();
-        let dc = requantize(0, block.coef[0]);
+        let dc_magnitude = requantize(0, block.coef[0].unsigned_abs()) as i32;
+        let dc = if block.coef[0] < 0 {
+            -dc_magnitude
+        } else {
+            dc_magnitude
+        };
         let diff = dc - self.prev_dc;
         self.prev_dc = dc;
         let (size, bits) = magnitude(diff);
@@ -206,8 +225,9 @@ impl GrayJpegWriter {
         while mask != 0 {
             let k = mask.trailing_zeros();
             mask &= mask - 1;
-            let v = requantize(k as usize, block.coef[k as usize]);
-            if v == 0 {
+            let source = block.coef[k as usize];
+            let q = requantize(k as usize, source.unsigned_abs());
+            if q == 0 {
                 continue;
             }
             let mut run = k - last - 1;
@@ -216,10 +236,10 @@ impl GrayJpegWriter {
                 out.put(code, len);
                 run -= 16;
             }
-            let (size, bits) = magnitude(v);
+            let (size, bits) = category(q, source < 0);
             if size > 10 {
                 return Err(invalid(format!(
-                    "an AC coefficient of {v} does not fit 8-bit JPEG"
+                    "an AC coefficient of magnitude {q} does not fit 8-bit JPEG"
                 )));
             }
             let (code, len) = self.ac.code(((run << 4) | size) as u8);
@@ -262,6 +282,9 @@ mod tests {
         assert_eq!(magnitude(5), (3, 5));
         assert_eq!(magnitude(-5), (3, 2));
         assert_eq!(magnitude(-1023), (10, 0));
+        for v in [-1023i32, -5, -3, -1, 1, 5, 1023] {
+            assert_eq!(category(v.unsigned_abs(), v < 0), magnitude(v));
+        }
     }
 
     #[test]
@@ -270,10 +293,9 @@ mod tests {
             for output_step in [1u16, 2, 5, 30, 99, 255, 4000, 16_384] {
                 let output_step = output_step.max(source_step);
                 let r = Requantizer::new(&[source_step; 64], &[output_step; 64]);
-                for v in -2047i16..=2047 {
-                    let x = i32::from(v.unsigned_abs()) * i32::from(source_step);
-                    let want = (x + (i32::from(output_step) - 1) / 2) / i32::from(output_step);
-                    let want = if v < 0 { -want } else { want };
+                for v in 0u16..=2047 {
+                    let x = u32::from(v) * u32::from(source_step);
+                    let want = (x + (u32::from(output_step) - 1) / 2) / u32::from(output_step);
                     assert_eq!(
                         r.apply(5, v),
                         want,
@@ -299,7 +321,7 @@ mod tests {
                 let kept = mask >> k & 1 == 1;
                 assert_eq!(
                     kept,
-                    r.apply(k, coef[k]) != 0,
+                    r.apply(k, coef[k].unsigned_abs()) != 0,
                     "k {k} v {} steps {} -> {}",
                     coef[k],
                     source[k],
@@ -315,7 +337,7 @@ mod tests {
         let r = Requantizer::new(&[0; 64], &output_table(None, &[0; 64]));
         assert_eq!(r.apply(3, 100), 0);
         let keep = Requantizer::new(&[7; 64], &output_table(None, &[7; 64]));
-        assert_eq!(keep.apply(3, -100), -100);
+        assert_eq!(keep.apply(3, 100), 100);
     }
 
     #[test]

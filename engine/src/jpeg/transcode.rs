@@ -269,7 +269,7 @@ pub(crate) fn encode_plane(
                 (&samples[..], 8)
             };
             fdct_block(source, stride, &quantizer, &mut block);
-            writer.write_block(&block, block.mask, |_, v| i32::from(v))?;
+            writer.write_block(&block, block.mask, |_, magnitude| u32::from(magnitude))?;
         }
     }
     Ok(writer.finish())
