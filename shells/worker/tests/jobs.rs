@@ -26,13 +26,17 @@ struct Worker {
 }
 
 fn start_worker(queue: &str, dir: &Path) -> Worker {
+    start_worker_with(queue, dir, Limits::default())
+}
+
+fn start_worker_with(queue: &str, dir: &Path, limits: Limits) -> Worker {
     let config = Config {
         broker: BrokerSettings::new(amqp_url(), queue),
         store: StoreSettings::Local {
             dir: dir.to_path_buf(),
         },
         concurrency: 2,
-        limits: Limits::default(),
+        limits,
         service: Default::default(),
     };
     let stop = CancellationToken::new();
@@ -305,4 +309,63 @@ async fn shutdown_mid_run_finishes_and_acks_what_it_holds_and_loses_nothing() {
         done.len(),
         jobs.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_own_limits_dead_letter_an_image_over_them_as_over_limit() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    // A worker configured tighter than whoever queued the job (CLOUDIMG_MAX_PIXELS and
+    // CLOUDIMG_MAX_UPLOAD_BYTES apply on both sides): it refuses from the header, permanently.
+    let queue = unique_queue("worker-limits");
+    let dir = TempDir::new("worker-limits");
+    let channel = publisher(&connection, &queue).await;
+    let worker = start_worker_with(
+        &queue,
+        &dir.0,
+        Limits {
+            max_pixels: 5_000,
+            ..Limits::default()
+        },
+    );
+    let id = JobId::random();
+    let data = fixture_jpeg(120, 80, 5, 30, 90); // 9,600 pixels
+    publish(
+        &channel,
+        &queue,
+        &job(&id, image_job::Payload::Inline(Bytes::from(data))).encode_to_vec(),
+        &id.to_string(),
+    )
+    .await;
+    let marker = dir.0.join(id.failure_key());
+    assert!(wait_for_file(&marker, Duration::from_secs(30)).await);
+    let marker: FailureMarker = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(marker.kind, "over_limit", "{marker:?}");
+    let dead = format!("{queue}.dead");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        if let Some(m) = channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            break m.delivery;
+        }
+        assert!(Instant::now() < deadline, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let headers = message.properties.headers().clone();
+    assert_eq!(
+        header_str(headers.as_ref(), "x-cloudimg-error-kind").as_deref(),
+        Some("over_limit")
+    );
+    assert!(
+        !dir.0
+            .join(id.result_key(cloudimg_engine::OutputFormat::Jpeg))
+            .exists()
+    );
+    worker.stop().await;
+    assert_eq!(message_count(&connection, &queue).await, 0);
+    delete_queues(&connection, &queue).await;
 }
