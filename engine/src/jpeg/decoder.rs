@@ -153,15 +153,6 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    /// MCUs until the first restart marker: the interval, or never (`usize::MAX`) without one.
-    fn first_restart(&self) -> usize {
-        if self.restart_interval > 0 {
-            self.restart_interval
-        } else {
-            usize::MAX
-        }
-    }
-
     /// The luma plane's size in blocks, padded to whole MCUs.
     fn padded_luma_blocks(&self) -> (usize, usize) {
         let (mx, my) = self.frame.mcus();
@@ -382,16 +373,12 @@ impl<'a> Decoder<'a> {
             .collect();
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
-        let mut interval = 0usize;
-        let mut until_restart = self.first_restart();
+        let mut restarts = Restarts::new(self.restart_interval);
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
-                if until_restart == 0 {
-                    until_restart = self.restart_interval;
-                    restart(&mut reader, scan, &mut interval)?;
+                if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
                 }
-                until_restart -= 1;
                 let first_column = mcu_x * luma_h;
                 for &(c, luma) in &plan {
                     let (dc, ac) = tables[c];
@@ -404,7 +391,7 @@ impl<'a> Decoder<'a> {
                     }
                 }
             }
-            if reader.overran(scan.interval_end(interval)) {
+            if reader.overran(scan.interval_end(restarts.interval)) {
                 return Err(truncated());
             }
             for (r, row) in band.chunks_exact(stride).enumerate() {
@@ -427,8 +414,7 @@ impl<'a> Decoder<'a> {
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut eob_run = 0u32;
-        let mut interval = 0usize;
-        let mut until_restart = self.first_restart();
+        let mut restarts = Restarts::new(self.restart_interval);
         let luma_pos = header
             .components
             .iter()
@@ -436,13 +422,10 @@ impl<'a> Decoder<'a> {
             .expect("scan has luma");
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
-                if until_restart == 0 {
-                    until_restart = self.restart_interval;
-                    restart(&mut reader, scan, &mut interval)?;
+                if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
                     eob_run = 0;
                 }
-                until_restart -= 1;
                 for (c, &(h, v)) in sizes.iter().enumerate() {
                     let (_, dc_id, ac_id) = header.components[c];
                     for by in 0..v {
@@ -476,7 +459,7 @@ impl<'a> Decoder<'a> {
                     }
                 }
             }
-            if reader.overran(scan.interval_end(interval)) {
+            if reader.overran(scan.interval_end(restarts.interval)) {
                 return Err(truncated());
             }
         }
@@ -508,20 +491,45 @@ fn truncated() -> Error {
     invalid("truncated or corrupt entropy-coded data: the scan needs more bits than the file holds")
 }
 
-/// Moves the reader to the next restart interval, checking the one just finished.
-fn restart(reader: &mut BitReader, scan: &ScanData, interval: &mut usize) -> Result<()> {
-    if reader.overran(scan.interval_end(*interval)) {
-        return Err(truncated());
+/// Counts MCUs to the next restart marker and moves the reader there.
+struct Restarts {
+    every: usize,
+    /// MCUs left in the current interval (never running out without intervals).
+    left: usize,
+    /// The interval being read: 0 from the scan's start, then one more after each marker.
+    interval: usize,
+}
+
+impl Restarts {
+    fn new(every: usize) -> Self {
+        Restarts {
+            every,
+            left: if every > 0 { every } else { usize::MAX },
+            interval: 0,
+        }
     }
-    let next = *scan.restarts.get(*interval).ok_or_else(|| {
-        invalid(format!(
-            "expected restart marker {} in the entropy-coded data, found none",
-            *interval + 1
-        ))
-    })?;
-    *interval += 1;
-    reader.restart_at(next);
-    Ok(())
+
+    /// Called before each MCU. True when a new interval starts there (predictions reset), after
+    /// checking that the one just finished held all the bits it was read for.
+    fn before_mcu(&mut self, reader: &mut BitReader, scan: &ScanData) -> Result<bool> {
+        let starts = self.left == 0;
+        if starts {
+            if reader.overran(scan.interval_end(self.interval)) {
+                return Err(truncated());
+            }
+            let next = *scan.restarts.get(self.interval).ok_or_else(|| {
+                invalid(format!(
+                    "expected restart marker {} in the entropy-coded data, found none",
+                    self.interval + 1
+                ))
+            })?;
+            self.interval += 1;
+            reader.restart_at(next);
+            self.left = self.every;
+        }
+        self.left -= 1;
+        Ok(starts)
+    }
 }
 
 /// Decodes one DC difference: the magnitude category, then its bits.

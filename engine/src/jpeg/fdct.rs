@@ -3,38 +3,19 @@
 //! coefficients `cjpeg -grayscale -dct int` gives.
 
 use super::decoder::Block;
+use super::islow::*;
 use super::tables::{NATURAL, QuantTable};
-
-const CONST_BITS: i32 = 13;
-const PASS1_BITS: i32 = 2;
-const FIX_0_298631336: i32 = 2446;
-const FIX_0_390180644: i32 = 3196;
-const FIX_0_541196100: i32 = 4433;
-const FIX_0_765366865: i32 = 6270;
-const FIX_0_899976223: i32 = 7373;
-const FIX_1_175875602: i32 = 9633;
-const FIX_1_501321110: i32 = 12299;
-const FIX_1_847759065: i32 = 15137;
-const FIX_1_961570560: i32 = 16069;
-const FIX_2_053119869: i32 = 16819;
-const FIX_2_562915447: i32 = 20995;
-const FIX_3_072711026: i32 = 25172;
-
-#[inline(always)]
-fn descale(x: i32, n: i32) -> i32 {
-    (x + (1 << (n - 1))) >> n
-}
 
 /// One 1-D pass: 8 inputs to 8 outputs; `even_shift` scales the two outputs with no multiply,
 /// `descale_bits` descales the others (pass 1 and pass 2 differ only there).
 #[inline(always)]
-fn pass(d: [i32; 8], even: impl Fn(i32) -> i32, descale_bits: i32) -> [i32; 8] {
+fn pass(d: [i64; 8], even: impl Fn(i64) -> i64, descale_bits: i64) -> [i64; 8] {
     let (tmp0, tmp7) = (d[0] + d[7], d[0] - d[7]);
     let (tmp1, tmp6) = (d[1] + d[6], d[1] - d[6]);
     let (tmp2, tmp5) = (d[2] + d[5], d[2] - d[5]);
     let (tmp3, tmp4) = (d[3] + d[4], d[3] - d[4]);
     let (tmp10, tmp13, tmp11, tmp12) = (tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2);
-    let mut out = [0i32; 8];
+    let mut out = [0i64; 8];
     out[0] = even(tmp10 + tmp11);
     out[4] = even(tmp10 - tmp11);
     let z1 = (tmp12 + tmp13) * FIX_0_541196100;
@@ -127,9 +108,9 @@ impl Quantizer {
 
 /// Transforms and quantizes the 8x8 samples at `pixels` (rows `stride` apart) into `block`.
 pub(crate) fn fdct_block(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut Block) {
-    let mut data = [0i32; 64];
+    let mut data = [0i64; 64];
     for row in 0..8 {
-        let line: [i32; 8] = std::array::from_fn(|c| i32::from(pixels[row * stride + c]) - 128);
+        let line: [i64; 8] = std::array::from_fn(|c| i64::from(pixels[row * stride + c]) - 128);
         data[row * 8..row * 8 + 8].copy_from_slice(&pass(
             line,
             |x| x << PASS1_BITS,
@@ -137,7 +118,7 @@ pub(crate) fn fdct_block(pixels: &[u8], stride: usize, quantizer: &Quantizer, bl
         ));
     }
     for col in 0..8 {
-        let column: [i32; 8] = std::array::from_fn(|r| data[r * 8 + col]);
+        let column: [i64; 8] = std::array::from_fn(|r| data[r * 8 + col]);
         let out = pass(column, |x| descale(x, PASS1_BITS), CONST_BITS + PASS1_BITS);
         for (r, v) in out.into_iter().enumerate() {
             data[r * 8 + col] = v;
@@ -146,7 +127,7 @@ pub(crate) fn fdct_block(pixels: &[u8], stride: usize, quantizer: &Quantizer, bl
     let mut mask = 0u64;
     for (k, &natural) in NATURAL.iter().enumerate() {
         let i = usize::from(natural);
-        let q = quantizer.divisors[i].divide(data[i]);
+        let q = quantizer.divisors[i].divide(data[i] as i32);
         block.coef[k] = q as i16;
         mask |= u64::from(q != 0) << k;
     }

@@ -6,27 +6,8 @@
 //! overflow 32-bit products (the fuzzer found one), and must give garbage pixels, not a panic.
 
 use super::decoder::Block;
+use super::islow::*;
 use super::tables::{NATURAL, QuantTable};
-
-const CONST_BITS: i64 = 13;
-const PASS1_BITS: i64 = 2;
-const FIX_0_298631336: i64 = 2446;
-const FIX_0_390180644: i64 = 3196;
-const FIX_0_541196100: i64 = 4433;
-const FIX_0_765366865: i64 = 6270;
-const FIX_0_899976223: i64 = 7373;
-const FIX_1_175875602: i64 = 9633;
-const FIX_1_501321110: i64 = 12299;
-const FIX_1_847759065: i64 = 15137;
-const FIX_1_961570560: i64 = 16069;
-const FIX_2_053119869: i64 = 16819;
-const FIX_2_562915447: i64 = 20995;
-const FIX_3_072711026: i64 = 25172;
-
-#[inline(always)]
-fn descale(x: i64, n: i64) -> i64 {
-    (x + (1 << (n - 1))) >> n
-}
 
 /// libjpeg's post-IDCT range limit: adds 128 and clamps, indexed by the value masked to 10 bits
 /// (so wildly out-of-range values from corrupt data wrap exactly as libjpeg's do).

@@ -7,6 +7,7 @@ mod encoder;
 mod fdct;
 mod huffman;
 mod idct;
+mod islow;
 pub(crate) mod markers;
 mod rotate;
 mod survive;

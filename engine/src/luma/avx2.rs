@@ -25,43 +25,18 @@ unsafe fn sums8<const STRIDE: usize>(px: &[u8]) -> __m256i {
         } else {
             raw
         };
-        const Z: i8 = -128; // a shuffle index with the top bit set writes zero
-        let s = STRIDE as i8;
-        let pairs = |a: i8, b: i8| {
-            _mm256_setr_epi8(
-                a,
-                Z,
-                b,
-                Z,
-                s + a,
-                Z,
-                s + b,
-                Z,
-                2 * s + a,
-                Z,
-                2 * s + b,
-                Z,
-                3 * s + a,
-                Z,
-                3 * s + b,
-                Z,
-                a,
-                Z,
-                b,
-                Z,
-                s + a,
-                Z,
-                s + b,
-                Z,
-                2 * s + a,
-                Z,
-                2 * s + b,
-                Z,
-                3 * s + a,
-                Z,
-                3 * s + b,
-                Z,
-            )
+        // In each 128-bit lane, channels `a` and `b` of its four pixels as 16-bit pairs: the
+        // byte indices of a, b (each followed by a zeroing index: top bit set) for pixel 0..4.
+        let pairs = |a: usize, b: usize| {
+            let indices: [i8; 32] = std::array::from_fn(|i| {
+                let (pixel, byte) = ((i % 16) / 4, i % 4);
+                match byte {
+                    0 => (pixel * STRIDE + a) as i8,
+                    2 => (pixel * STRIDE + b) as i8,
+                    _ => -128,
+                }
+            });
+            _mm256_loadu_si256(indices.as_ptr().cast())
         };
         let rg = _mm256_shuffle_epi8(lanes, pairs(0, 1));
         let gb = _mm256_shuffle_epi8(lanes, pairs(1, 2));
