@@ -569,7 +569,15 @@ pub async fn send_async(producer: &str, args: Vec<std::ffi::OsString>) -> Sent {
 /// `GET /metrics` from a Prometheus endpoint, as text.
 pub fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A process just started may not listen yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() > deadline => panic!("no metrics on port {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
