@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine: installs and starts what is missing, runs the checks,
 # and stops and deletes what it started. This is the README's test command; .ci/run calls it.
+# CLOUDIMG_LONG=1 adds the long runs (the soak test: 2,000+ images through one worker).
 #
 # Services: RabbitMQ on 127.0.0.1:5672 (installed from apt and started only when nothing listens
 # there; never stopped), and moto_server (moto[server]==5.2.1 from PyPI when missing) on a free
@@ -23,6 +24,9 @@ apt_install() {
 
 need_apt=()
 command -v djpeg >/dev/null && command -v jpegtran >/dev/null || need_apt+=(libjpeg-turbo-progs)
+# The security tests: openssl makes a test CA; stunnel terminates TLS in front of RabbitMQ (amqps).
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v stunnel >/dev/null || need_apt+=(stunnel4)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]}"
     apt_install "${need_apt[@]}"
