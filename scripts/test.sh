@@ -92,9 +92,10 @@ unset AMQP_URL RABBIT_HOST BUCKET_NAME CLOUDIMG_OUT_DIR CLOUDIMG_QUEUE CLOUDIMG_
 say "services: RabbitMQ 127.0.0.1:5672, S3 (moto) $AWS_ENDPOINT_URL, queue prefix $CLOUDIMG_TEST_QUEUE"
 
 # ---- checks -------------------------------------------------------------------------------------
-say "format and lints"
+say "format, lints and docs"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 say "tests"
 cargo test --workspace --all-targets --quiet
