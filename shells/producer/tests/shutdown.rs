@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cloudimg_runtime::proto::image_service_client::ImageServiceClient;
 use cloudimg_runtime::proto::{ConvertOptions, UploadMetadata, UploadRequest, upload_request};
+use lapin::message::BasicGetMessage;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -124,6 +125,17 @@ impl Running {
         None
     }
 
+    /// The first message on its queue, if any (taken off the queue).
+    async fn take_message(&self, connection: &lapin::Connection) -> Option<BasicGetMessage> {
+        connection
+            .create_channel()
+            .await
+            .unwrap()
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+    }
+
     async fn cleanup(&self, connection: &lapin::Connection) {
         let channel = connection.create_channel().await.unwrap();
         for q in [self.queue.clone(), format!("{}.dead", self.queue)] {
@@ -218,16 +230,7 @@ async fn sigterm_stops_accepting_and_drains_the_upload_in_flight_to_ok() {
         .unwrap()
         .expect("the upload in flight ends OK");
     let exit = producer.wait_exit(Duration::from_secs(10));
-    let message = connection
-        .create_channel()
-        .await
-        .unwrap()
-        .basic_get(
-            producer.queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap();
+    let message = producer.take_message(&connection).await;
     producer.cleanup(&connection).await;
     let (status, took) = exit.expect("the producer exits after the drain");
     assert!(status.success(), "{status:?}");
@@ -262,16 +265,7 @@ async fn a_stalled_upload_cannot_hold_the_drain_past_its_bound_and_is_never_ok()
         .expect("the stalled upload is answered")
         .unwrap();
     drop(tx);
-    let message = connection
-        .create_channel()
-        .await
-        .unwrap()
-        .basic_get(
-            producer.queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap();
+    let message = producer.take_message(&connection).await;
     producer.cleanup(&connection).await;
     let (status, _) = exit.expect("the producer exits once the drain bound passes");
     assert!(status.success(), "{status:?}");

@@ -155,6 +155,12 @@ fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
     }
 }
 
+/// A producer configuration whose broker never answers (port 1): for refusals that must
+/// happen before any publish.
+fn config_without_broker(queue: &str) -> Config {
+    config(queue, "amqp://127.0.0.1:1/%2f", StoreSettings::None)
+}
+
 fn metadata(size: u64) -> UploadRequest {
     UploadRequest {
         part: Some(upload_request::Part::Metadata(UploadMetadata {
@@ -192,12 +198,7 @@ async fn upload(
 async fn bad_uploads_are_refused_early_with_the_right_status() {
     // No broker is needed: every refusal happens before a publish.
     let queue = unique_queue("refusals");
-    let mut p = Producer::start(config(
-        &queue,
-        "amqp://127.0.0.1:1/%2f",
-        StoreSettings::None,
-    ))
-    .await;
+    let mut p = Producer::start(config_without_broker(&queue)).await;
     let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00".to_vec();
     let big = jpeg(1200, 1000); // 1.2 MP: over the 1 MP pixel limit
     assert!(
@@ -274,12 +275,7 @@ async fn bad_uploads_are_refused_early_with_the_right_status() {
 #[tokio::test]
 async fn without_a_broker_uploads_are_unavailable_never_ok() {
     let queue = unique_queue("nobroker");
-    let mut p = Producer::start(config(
-        &queue,
-        "amqp://127.0.0.1:1/%2f",
-        StoreSettings::None,
-    ))
-    .await;
+    let mut p = Producer::start(config_without_broker(&queue)).await;
     let status = upload(&mut p.client, upload_of(&jpeg(16, 16)))
         .await
         .unwrap_err();
@@ -291,7 +287,7 @@ async fn without_a_broker_uploads_are_unavailable_never_ok() {
 #[tokio::test]
 async fn with_a_token_set_calls_without_it_are_unauthenticated() {
     let queue = unique_queue("token");
-    let mut cfg = config(&queue, "amqp://127.0.0.1:1/%2f", StoreSettings::None);
+    let mut cfg = config_without_broker(&queue);
     cfg.token = cloudimg_runtime::settings::Secret::new(Some("s3cret"));
     let mut p = Producer::start(cfg).await;
     let status = upload(&mut p.client, upload_of(&jpeg(16, 16)))
@@ -452,12 +448,7 @@ async fn get_job_answers_pending_done_and_failed_from_the_store() {
 #[tokio::test]
 async fn a_pixel_bomb_is_refused_from_its_first_chunk_before_the_rest_arrives() {
     let queue = unique_queue("bomb");
-    let mut p = Producer::start(config(
-        &queue,
-        "amqp://127.0.0.1:1/%2f",
-        StoreSettings::None,
-    ))
-    .await;
+    let mut p = Producer::start(config_without_broker(&queue)).await;
     let big = jpeg(1200, 1000); // 1.2 MP: over the 1 MP pixel limit
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(4);
     tx.send(metadata(big.len() as u64)).await.unwrap();
@@ -492,12 +483,7 @@ fn open_upload(
 #[tokio::test]
 async fn an_upload_over_the_size_limit_is_refused_while_it_is_still_open() {
     let queue = unique_queue("oversize");
-    let mut p = Producer::start(config(
-        &queue,
-        "amqp://127.0.0.1:1/%2f",
-        StoreSettings::None,
-    ))
-    .await;
+    let mut p = Producer::start(config_without_broker(&queue)).await;
     // Declared over the 1 MiB limit: refused on the metadata, before a single byte.
     let (tx, stream) = open_upload(vec![metadata(2 << 20)]);
     let answer = tokio::time::timeout(Duration::from_secs(10), p.client.upload(stream))
@@ -551,12 +537,7 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
 #[tokio::test]
 async fn decompression_bombs_are_refused_from_the_header_of_either_format() {
     let queue = unique_queue("bombs");
-    let mut p = Producer::start(config(
-        &queue,
-        "amqp://127.0.0.1:1/%2f",
-        StoreSettings::None,
-    ))
-    .await;
+    let mut p = Producer::start(config_without_broker(&queue)).await;
     // 60000 x 60000 PNG (3.6 gigapixels, 10.8 GB of RGB) declared in 100 bytes; a JPEG over the
     // 1 MP limit. Both refused while the upload is still open: no decoder ever sees them.
     let big_jpeg = jpeg(1200, 1000);

@@ -175,19 +175,9 @@ async fn every_connection_closed_mid_run_both_reconnect_and_every_accepted_image
             problems.push(format!("{} logged ERROR: {errors:?}", service.name));
         }
     }
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
+    problems.extend(stop_shells(&mut producer, &mut worker));
     delete_queues(&connection, &queue).await;
-    assert!(
-        problems.is_empty(),
-        "{}\n{}",
-        problems.join("\n"),
-        shells.all_logs()
-    );
-    assert!(
-        p.is_some_and(|s| s.success()) && w.is_some_and(|s| s.success()),
-        "{p:?} {w:?}"
-    );
+    shells.assert_no_problems(&problems);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,19 +306,9 @@ async fn with_the_broker_gone_uploads_are_unavailable_never_ok_and_service_resum
         during.code,
         relinked.as_secs_f64()
     );
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
+    problems.extend(stop_shells(&mut producer, &mut worker));
     delete_queues(&connection, &queue).await;
-    assert!(
-        problems.is_empty(),
-        "{}\n{}",
-        problems.join("\n"),
-        shells.all_logs()
-    );
-    assert!(
-        p.is_some_and(|s| s.success()) && w.is_some_and(|s| s.success()),
-        "{p:?} {w:?}"
-    );
+    shells.assert_no_problems(&problems);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,17 +383,7 @@ async fn a_queue_declared_with_other_arguments_is_one_clear_error_then_recovers(
         "queue mismatch: recovered {:.1}s after the queue was deleted",
         fixed.elapsed().as_secs_f64()
     );
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
+    problems.extend(stop_shells(&mut producer, &mut worker));
     delete_queues(&connection, &queue).await;
-    assert!(
-        problems.is_empty(),
-        "{}\n{}",
-        problems.join("\n"),
-        shells.all_logs()
-    );
-    assert!(
-        p.is_some_and(|s| s.success()) && w.is_some_and(|s| s.success()),
-        "{p:?} {w:?}"
-    );
+    shells.assert_no_problems(&problems);
 }

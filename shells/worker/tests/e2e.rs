@@ -5,172 +5,39 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use aws_sdk_s3::Client;
 use support::*;
 
-struct Bucket {
-    client: Client,
-    name: String,
+/// The real producer (staging uploads over `stage_over` bytes) and one worker, on `queue` and
+/// `bucket`; returns them and the producer's address.
+fn start_pipeline(
+    queue: &str,
+    bucket: &Bucket,
+    endpoint: &str,
+    stage_over: u64,
+) -> (Shells, Service, Service, String) {
+    let shells = Shells::on_s3(queue, bucket, endpoint);
+    let (producer, address) =
+        shells.producer(&[("CLOUDIMG_STAGE_OVER_BYTES", &stage_over.to_string())]);
+    let worker = shells.worker(&[]);
+    (shells, producer, worker, address)
 }
 
-impl Bucket {
-    async fn create(endpoint: &str) -> Bucket {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .load()
-            .await;
-        let client = Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&shared)
-                .force_path_style(true)
-                .build(),
-        );
-        let name = format!(
-            "cloudimg-e2e-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        client.create_bucket().bucket(&name).send().await.unwrap();
-        Bucket { client, name }
-    }
-
-    async fn keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.name)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .unwrap();
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
-            match page.next_continuation_token() {
-                Some(t) => token = Some(t.to_owned()),
-                None => return keys,
-            }
-        }
-    }
-
-    async fn delete(&self) {
-        for key in self.keys().await {
-            let _ = self
-                .client
-                .delete_object()
-                .bucket(&self.name)
-                .key(key)
-                .send()
-                .await;
-        }
-        let _ = self.client.delete_bucket().bucket(&self.name).send().await;
-    }
-}
-
-/// Producer and worker binaries sharing one queue and bucket.
-struct Pipeline {
-    producer: Service,
-    worker: Service,
-    address: String,
-}
-
-fn start_pipeline(queue: &str, bucket: &str, endpoint: &str, stage_over: u64) -> Pipeline {
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let env = |command: &mut Command| {
-        command
-            .env("AMQP_URL", amqp_url())
-            .env("CLOUDIMG_QUEUE", queue)
-            .env("BUCKET_NAME", bucket)
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("CLOUDIMG_OUT_DIR")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-    };
-    let mut producer = Command::new(binary("cloudimg-producer"));
-    env(&mut producer);
-    producer
-        .env("CLOUDIMG_LISTEN", &address)
-        .env("CLOUDIMG_STAGE_OVER_BYTES", stage_over.to_string());
-    let producer = Service::start("producer", producer);
-    let mut worker = Command::new(binary("cloudimg-worker"));
-    env(&mut worker);
-    worker.env("CLOUDIMG_CONCURRENCY", "2");
-    let worker = Service::start("worker", worker);
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "the producer did not listen on {address}"
-    );
-    Pipeline {
-        producer,
-        worker,
-        address,
-    }
-}
-
-impl Pipeline {
-    /// SIGTERM both; each must drain and exit 0.
-    fn stop(mut self) {
-        let status = self.producer.terminate(Duration::from_secs(20));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "producer did not exit 0 on SIGTERM: {status:?}"
-        );
-        let status = self.worker.terminate(Duration::from_secs(30));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "worker did not exit 0 on SIGTERM: {status:?}"
-        );
-    }
-}
-
-/// Runs `cloudimg send --json --wait` and returns its exit success and JSON lines.
-fn send(address: &str, paths: &[PathBuf]) -> (bool, Vec<serde_json::Value>) {
-    let output = Command::new(binary("cloudimg"))
-        .arg("send")
-        .args(["--json", "--wait", "--timeout", "900", "-c", "8"])
-        .args(paths)
-        .arg(address)
-        .env_remove("CLOUDIMG_PRODUCER")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run cloudimg send");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect();
-    (output.status.success(), lines)
+/// Runs `cloudimg send --json --wait` over `paths`.
+async fn send_and_wait(address: &str, paths: &[PathBuf]) -> Sent {
+    let mut args: Vec<OsString> = ["--wait", "--timeout", "900", "-c", "8"]
+        .map(OsString::from)
+        .into();
+    args.extend(paths.iter().map(|p| p.clone().into_os_string()));
+    send_async(address, args).await
 }
 
 /// What a result object must be.
 struct Expected {
     displayed: (u32, u32),
     source_name: String,
-}
-
-/// Orientation tag of a JPEG's own EXIF (1 when absent).
-fn exif_orientation(jpeg: &[u8]) -> u32 {
-    exif::Reader::new()
-        .read_from_container(&mut std::io::Cursor::new(jpeg))
-        .ok()
-        .and_then(|e| {
-            e.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
-                .and_then(|f| f.value.get_uint(0))
-        })
-        .unwrap_or(1)
 }
 
 /// Checks one result: a grayscale JPEG of the right displayed size, with the contract's
@@ -217,29 +84,24 @@ async fn check_result(
         ));
     }
     let data = object.body.collect().await.unwrap().into_bytes();
-    let mut decoder = jpeg_decoder::Decoder::new(&data[..]);
-    if let Err(e) = decoder.decode() {
-        problems.push(format!("{file}: result does not decode: {e}"));
-        return problems;
-    }
-    let info = decoder.info().unwrap();
-    if info.pixel_format != jpeg_decoder::PixelFormat::L8 {
+    let image = match ResultImage::decode(&data) {
+        Ok(image) => image,
+        Err(e) => {
+            problems.push(format!("{file}: result does not decode: {e}"));
+            return problems;
+        }
+    };
+    if !image.is_grayscale() {
         problems.push(format!(
             "{file}: result is {:?}, not grayscale",
-            info.pixel_format
+            image.format
         ));
     }
-    let orientation = exif_orientation(&data);
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    let displayed = if (5..=8).contains(&orientation) {
-        (h, w)
-    } else {
-        (w, h)
-    };
+    let displayed = image.displayed;
     if displayed != expected.displayed {
         problems.push(format!(
-            "{file}: displays at {displayed:?} (stored {w}x{h}, orientation {orientation}), expected {:?}",
-            expected.displayed
+            "{file}: displays at {displayed:?} (stored {:?}, orientation {}), expected {:?}",
+            image.stored, image.orientation, expected.displayed
         ));
     }
     let meta_size = (
@@ -313,21 +175,21 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
         },
     );
 
-    let pipeline = start_pipeline(&queue, &bucket.name, &endpoint, 4 << 20);
-    let (ok, records) = tokio::task::spawn_blocking({
-        let address = pipeline.address.clone();
-        move || send(&address, &paths)
-    })
-    .await
-    .unwrap();
+    let (shells, mut producer, mut worker, address) =
+        start_pipeline(&queue, &bucket, &endpoint, 4 << 20);
+    let sent = send_and_wait(&address, &paths).await;
+    let records = &sent.records;
 
     let mut problems = Vec::new();
-    if !ok {
-        problems.push("cloudimg send exited non-zero".to_owned());
+    if sent.code != Some(0) {
+        problems.push(format!(
+            "cloudimg send exited {:?}: {}",
+            sent.code, sent.stderr
+        ));
     }
     let mut seen_files = HashSet::new();
     let mut keys = HashSet::new();
-    for record in &records {
+    for record in records {
         let file = record["file"].as_str().unwrap_or("?").to_owned();
         if record["status"] != "done" || !record["error"].is_null() {
             problems.push(format!("{file}: {record}"));
@@ -361,15 +223,10 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
         0,
         "jobs were dead-lettered"
     );
-    pipeline.stop();
+    problems.extend(stop_shells(&mut producer, &mut worker));
     delete_queues(&connection, &queue).await;
     bucket.delete().await;
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    shells.assert_no_problems(&problems);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,39 +247,22 @@ async fn two_uploads_with_the_same_file_name_produce_two_results() {
         std::fs::write(&path, fixture_jpeg(w, h, w as u64, 20, 90)).unwrap();
         paths.push(path);
     }
-    let pipeline = start_pipeline(&queue, &bucket.name, &endpoint, 8 << 20);
-    let (ok, records) = tokio::task::spawn_blocking({
-        let address = pipeline.address.clone();
-        move || send(&address, &paths)
-    })
-    .await
-    .unwrap();
-    pipeline.stop();
+    let (shells, mut producer, mut worker, address) =
+        start_pipeline(&queue, &bucket, &endpoint, 8 << 20);
+    let sent = send_and_wait(&address, &paths).await;
+    let stopped = stop_shells(&mut producer, &mut worker);
     let mut objects = bucket.keys().await;
     objects.sort();
     let mut sizes = Vec::new();
     for key in &objects {
-        let data = bucket
-            .client
-            .get_object()
-            .bucket(&bucket.name)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        let mut d = jpeg_decoder::Decoder::new(&data[..]);
-        d.read_info().unwrap();
-        let info = d.info().unwrap();
-        sizes.push((info.width, info.height));
+        let data = bucket.get(key).await.unwrap();
+        sizes.push(ResultImage::decode(&data).unwrap().displayed);
     }
     delete_queues(&connection, &queue).await;
     bucket.delete().await;
-    assert!(ok, "cloudimg send failed: {records:?}");
+    shells.assert_no_problems(&stopped);
+    let records = &sent.records;
+    assert_eq!(sent.code, Some(0), "cloudimg send failed: {sent:?}");
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r["status"] == "done"), "{records:?}");
     assert_ne!(records[0]["key"], records[1]["key"]);

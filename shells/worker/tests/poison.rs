@@ -30,28 +30,6 @@ enum Place {
     DeadLettered,
 }
 
-fn decoded_size(jpeg: &[u8]) -> Result<(u32, u32, jpeg_decoder::PixelFormat), String> {
-    let mut d = jpeg_decoder::Decoder::new(jpeg);
-    d.decode().map_err(|e| e.to_string())?;
-    let info = d.info().ok_or("no info")?;
-    Ok((
-        u32::from(info.width),
-        u32::from(info.height),
-        info.pixel_format,
-    ))
-}
-
-fn exif_orientation(jpeg: &[u8]) -> u32 {
-    exif::Reader::new()
-        .read_from_container(&mut std::io::Cursor::new(jpeg))
-        .ok()
-        .and_then(|e| {
-            e.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
-                .and_then(|f| f.value.get_uint(0))
-        })
-        .unwrap_or(1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_land() {
     let Some(endpoint) = s3_endpoint() else {
@@ -72,14 +50,7 @@ async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_lan
     );
     let bucket = Bucket::create(&endpoint).await;
     let queue = unique_queue("poison");
-    let shells = Shells::new(
-        amqp_url(),
-        &queue,
-        StoreEnv::S3 {
-            bucket: bucket.name.clone(),
-            endpoint: endpoint.clone(),
-        },
-    );
+    let shells = Shells::on_s3(&queue, &bucket, &endpoint);
     let (producer_metrics, worker_metrics) = (free_port(), free_port());
     let (mut producer, address) = shells.producer(&[(
         "CLOUDIMG_METRICS_LISTEN",
@@ -177,17 +148,12 @@ async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_lan
             (None, Some(size)) => Some(*size),
             (None, None) => unreachable!(),
         };
-        match decoded_size(&data) {
-            Ok((w, h, format)) => {
-                let displayed = if (5..=8).contains(&exif_orientation(&data)) {
-                    (h, w)
-                } else {
-                    (w, h)
-                };
-                if format != jpeg_decoder::PixelFormat::L8 || wanted.is_some_and(|w| w != displayed)
-                {
+        match ResultImage::decode(&data) {
+            Ok(image) => {
+                if !image.is_grayscale() || wanted.is_some_and(|w| w != image.displayed) {
                     problems.push(format!(
-                        "{file}: result is {format:?} displayed {displayed:?}, expected L8 {wanted:?}"
+                        "{file}: result is {:?} displayed {:?}, expected L8 {wanted:?}",
+                        image.format, image.displayed
                     ));
                 }
             }
@@ -337,11 +303,7 @@ async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_lan
             problems.push(format!("metrics: {what} = {got:?}, expected {want}"));
         }
     }
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
-    if !p.is_some_and(|s| s.success()) || !w.is_some_and(|s| s.success()) {
-        problems.push(format!("SIGTERM: producer {p:?}, worker {w:?}"));
-    }
+    problems.extend(stop_shells(&mut producer, &mut worker));
 
     let mut by_place: BTreeMap<(Place, String), usize> = BTreeMap::new();
     for (file, place) in &places {

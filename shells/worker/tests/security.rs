@@ -192,8 +192,7 @@ async fn grpc_over_tls_with_a_token_and_no_credential_in_any_log() {
             problems.push(format!("{what}: the client printed the token"));
         }
     }
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
+    problems.extend(stop_shells(&mut producer, &mut worker));
     let logs = [
         ("producer", producer.log_text()),
         ("worker", worker.log_text()),
@@ -229,10 +228,6 @@ async fn grpc_over_tls_with_a_token_and_no_credential_in_any_log() {
     bucket.delete().await;
     drop(user);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert!(
-        p.is_some_and(|s| s.success()) && w.is_some_and(|s| s.success()),
-        "{p:?} {w:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,18 +328,8 @@ async fn amqps_end_to_end_through_a_tls_terminating_proxy() {
         }
         _ => problems.push(format!("over amqps: {sent:?}")),
     }
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
+    problems.extend(stop_shells(&mut producer, &mut worker));
     stunnel.kill();
     delete_queues(&connection, &queue).await;
-    assert!(
-        problems.is_empty(),
-        "{}\n{}",
-        problems.join("\n"),
-        shells.all_logs()
-    );
-    assert!(
-        p.is_some_and(|s| s.success()) && w.is_some_and(|s| s.success()),
-        "{p:?} {w:?}"
-    );
+    shells.assert_no_problems(&problems);
 }

@@ -34,14 +34,7 @@ async fn thousands_of_images_drain_with_worker_memory_bounded_and_flat() {
         .unwrap_or(2000);
     let bucket = Bucket::create(&endpoint).await;
     let queue = unique_queue("soak");
-    let shells = Shells::new(
-        amqp_url(),
-        &queue,
-        StoreEnv::S3 {
-            bucket: bucket.name.clone(),
-            endpoint,
-        },
-    );
+    let shells = Shells::on_s3(&queue, &bucket, &endpoint);
     let (mut producer, address) = shells.producer(&[]);
 
     // 20 distinct JPEGs (0.3 to 1.9 MP), each sent images/20 times.

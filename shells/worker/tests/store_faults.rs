@@ -120,18 +120,8 @@ async fn the_worker_retries_through_a_stalled_or_refusing_store_and_dead_letters
         "store faults: {}; {store_errors} store errors retried",
         timings.join("; ")
     );
-    let p = producer.terminate(Duration::from_secs(20));
-    let w = worker.terminate(Duration::from_secs(30));
+    problems.extend(stop_shells(&mut producer, &mut worker));
     delete_queues(&connection, &queue).await;
     bucket.delete().await;
-    assert!(
-        problems.is_empty(),
-        "{}\n{}",
-        problems.join("\n"),
-        shells.all_logs()
-    );
-    assert!(
-        p.is_some_and(|s| s.success()) && w.is_some_and(|s| s.success()),
-        "{p:?} {w:?}"
-    );
+    shells.assert_no_problems(&problems);
 }

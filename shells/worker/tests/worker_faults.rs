@@ -54,14 +54,7 @@ async fn start_run(what: &str) -> Option<(Run, Service)> {
     let connection = broker().await?;
     let bucket = Bucket::create(&endpoint).await;
     let queue = unique_queue(what);
-    let shells = Shells::new(
-        amqp_url(),
-        &queue,
-        StoreEnv::S3 {
-            bucket: bucket.name.clone(),
-            endpoint,
-        },
-    );
+    let shells = Shells::on_s3(&queue, &bucket, &endpoint);
     let (producer, address) = shells.producer(&[]);
     let dir = TempDir::new(what);
     let files = images(&dir);
@@ -121,10 +114,7 @@ impl Run {
         for key in &self.accepted {
             match self.bucket.get(key).await {
                 Some(data) => {
-                    let mut d = jpeg_decoder::Decoder::new(&data[..]);
-                    if d.decode().is_err()
-                        || d.info().unwrap().pixel_format != jpeg_decoder::PixelFormat::L8
-                    {
+                    if !ResultImage::decode(&data).is_ok_and(|image| image.is_grayscale()) {
                         problems.push(format!("{key} is not a grayscale JPEG"));
                     }
                 }

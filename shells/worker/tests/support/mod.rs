@@ -269,6 +269,49 @@ impl Drop for Service {
     }
 }
 
+/// A result JPEG as a viewer shows it.
+pub struct ResultImage {
+    /// Width and height after the image's own EXIF orientation.
+    pub displayed: (u32, u32),
+    /// As stored, before orientation.
+    pub stored: (u32, u32),
+    pub orientation: u32,
+    pub format: jpeg_decoder::PixelFormat,
+}
+
+impl ResultImage {
+    /// Decodes `jpeg` whole (a truncated result is an error) with an independent decoder.
+    pub fn decode(jpeg: &[u8]) -> Result<ResultImage, String> {
+        let mut decoder = jpeg_decoder::Decoder::new(jpeg);
+        decoder.decode().map_err(|e| e.to_string())?;
+        let info = decoder.info().ok_or("no frame header")?;
+        let stored = (u32::from(info.width), u32::from(info.height));
+        let orientation = exif::Reader::new()
+            .read_from_container(&mut std::io::Cursor::new(jpeg))
+            .ok()
+            .and_then(|e| {
+                e.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
+                    .and_then(|f| f.value.get_uint(0))
+            })
+            .unwrap_or(1);
+        let displayed = if (5..=8).contains(&orientation) {
+            (stored.1, stored.0)
+        } else {
+            stored
+        };
+        Ok(ResultImage {
+            displayed,
+            stored,
+            orientation,
+            format: info.pixel_format,
+        })
+    }
+
+    pub fn is_grayscale(&self) -> bool {
+        self.format == jpeg_decoder::PixelFormat::L8
+    }
+}
+
 /// A JPEG of `width` x `height` made of a colour gradient plus seeded noise; `noise` 0..=255 sets
 /// how incompressible it is.
 pub fn fixture_jpeg(width: u16, height: u16, seed: u64, noise: u8, quality: u8) -> Vec<u8> {
@@ -423,6 +466,15 @@ impl Shells {
         }
     }
 
+    /// The shells on the default broker, keeping results in `bucket` on the S3 endpoint.
+    pub fn on_s3(queue: &str, bucket: &Bucket, endpoint: &str) -> Shells {
+        let store = StoreEnv::S3 {
+            bucket: bucket.name.clone(),
+            endpoint: endpoint.to_owned(),
+        };
+        Shells::new(amqp_url(), queue, store)
+    }
+
     /// A command for `name` (a binary of the workspace) with the shells' environment.
     pub fn command(&self, name: &str) -> Command {
         let mut command = Command::new(binary(name));
@@ -493,6 +545,16 @@ impl Shells {
         self.start("worker", command)
     }
 
+    /// Fails the test with every problem and every log when there is any problem.
+    pub fn assert_no_problems(&self, problems: &[String]) {
+        assert!(
+            problems.is_empty(),
+            "{}\n{}",
+            problems.join("\n"),
+            self.all_logs()
+        );
+    }
+
     /// Everything every process logged so far, for a failure message.
     pub fn all_logs(&self) -> String {
         let mut names: Vec<_> = std::fs::read_dir(&self.logs.0)
@@ -511,6 +573,21 @@ impl Shells {
             })
             .collect()
     }
+}
+
+/// SIGTERM to a producer and a worker: each must drain and exit 0 (within 20 s and 30 s).
+/// Returns a problem for each that did not.
+pub fn stop_shells(producer: &mut Service, worker: &mut Service) -> Vec<String> {
+    let statuses = [
+        (&mut *producer, Duration::from_secs(20)),
+        (&mut *worker, Duration::from_secs(30)),
+    ]
+    .map(|(service, timeout)| (service.name, service.terminate(timeout)));
+    statuses
+        .into_iter()
+        .filter(|(_, status)| !status.is_some_and(|s| s.success()))
+        .map(|(name, status)| format!("{name} did not exit 0 on SIGTERM: {status:?}"))
+        .collect()
 }
 
 /// What `cloudimg send` did.
