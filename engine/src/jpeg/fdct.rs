@@ -7,14 +7,16 @@ use super::islow::*;
 use super::tables::{NATURAL, QuantTable};
 
 /// What a pass of the DCT computes with: one sample (`i32`, the scalar reference) or eight
-/// samples side by side (`Lanes`, which the compiler turns into vector instructions). 32 bits are
-/// enough: from 8-bit samples the largest intermediate is below 2^30.
+/// samples side by side (`Lanes`, which the compiler turns into vector instructions, and
+/// `x86::Vector`, one AVX2 register). 32 bits are enough: from 8-bit samples the largest
+/// intermediate is below 2^30.
 trait Sample: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
     fn times(self, c: i64) -> Self;
     fn shl(self, n: i64) -> Self;
     fn descale(self, n: i64) -> Self;
 }
 
+#[cfg(test)]
 impl Sample for i32 {
     #[inline(always)]
     fn times(self, c: i64) -> i32 {
@@ -130,7 +132,9 @@ struct Divisor {
 }
 
 impl Divisor {
+    /// `step` 1 to 255, as in every table this engine writes (baseline, 8-bit).
     fn new(step: u16) -> Divisor {
+        debug_assert!((1..=255).contains(&step), "quantization step {step}");
         let divisor = u32::from(step) * 8;
         if divisor == 1 {
             return Divisor {
@@ -178,7 +182,7 @@ pub(crate) struct Quantizer {
 }
 
 /// One row of divisors as vectors take them; `shift` includes the 16.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct RowDivisors {
     reciprocal: [u32; 8],
     correction: [u32; 8],
@@ -189,7 +193,8 @@ struct RowDivisors {
 type Transform = fn(&[u8], usize, &Quantizer, &mut Block);
 
 impl Quantizer {
-    /// `table` in zigzag order, as written to the file.
+    /// `table` in zigzag order, as written to the file; steps 1 to 255 (the 32-bit quantizer
+    /// relies on it).
     pub fn new(table: &QuantTable) -> Quantizer {
         let mut divisors = [Divisor {
             reciprocal: 1,
@@ -276,7 +281,8 @@ fn lanes(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut Block)
     for (u, lanes) in out.iter().enumerate() {
         for (v, &x) in lanes.0.iter().enumerate() {
             let d = &quantizer.divisors[u * 8 + v];
-            // (|x| + correction) * reciprocal stays below 2^30: |x| < 2^14, reciprocal <= 2^16.
+            // (|x| + correction) * reciprocal stays below 2^30: |x| <= 8192 (8-bit samples),
+            // correction <= 1021 and reciprocal <= 2^16 (steps up to 255).
             let q = ((x.unsigned_abs() + d.correction) * d.reciprocal) >> (16 + d.shift);
             natural[u * 8 + v] = if x < 0 { -(q as i32) } else { q as i32 };
         }
@@ -348,7 +354,8 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(super) struct Vector(pub __m256i);
 
-    // SAFETY (every block below): these run only inlined into `avx2`, which requires AVX2.
+    // SAFETY (every block below): a `Vector` is only ever made inside `avx2`, which runs only
+    // where the CPU reported AVX2, so any code holding one runs on such a CPU.
     impl std::ops::Add for Vector {
         type Output = Vector;
         #[inline(always)]
@@ -433,6 +440,16 @@ mod tests {
         }
     }
 
+    /// Every transform this CPU can run.
+    fn kernels() -> Vec<(&'static str, Transform)> {
+        let mut kernels: Vec<(&str, Transform)> = vec![("portable", lanes)];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            kernels.push(("avx2", avx2_detected));
+        }
+        kernels
+    }
+
     proptest::proptest! {
         #[test]
         fn the_vector_transform_equals_the_scalar_reference(
@@ -442,12 +459,7 @@ mod tests {
             let quantizer = Quantizer::new(&super::super::tables::luminance_table(quality));
             let (mut want, mut got) = (Block::ZERO, Block::ZERO);
             scalar(&pixels, 11, &quantizer, &mut want);
-            let mut kernels: Vec<(&str, Transform)> = vec![("portable", lanes)];
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                kernels.push(("avx2", avx2_detected));
-            }
-            for (name, kernel) in kernels {
+            for (name, kernel) in kernels() {
                 kernel(&pixels, 11, &quantizer, &mut got);
                 proptest::prop_assert_eq!(got.coef, want.coef, "{}", name);
                 proptest::prop_assert_eq!(got.mask, want.mask, "{}", name);
@@ -465,8 +477,11 @@ mod tests {
         ] {
             let (mut want, mut got) = (Block::ZERO, Block::ZERO);
             scalar(&pattern, 8, &quantizer, &mut want);
-            fdct_block(&pattern, 8, &quantizer, &mut got);
-            assert_eq!(got.coef, want.coef);
+            for (name, kernel) in kernels() {
+                kernel(&pattern, 8, &quantizer, &mut got);
+                assert_eq!(got.coef, want.coef, "{name}");
+                assert_eq!(got.mask, want.mask, "{name}");
+            }
         }
     }
 

@@ -62,6 +62,13 @@ impl Running {
             .env_remove("BUCKET_NAME")
             .env("CLOUDIMG_LISTEN", format!("127.0.0.1:{port}"))
             .env("CLOUDIMG_DRAIN_SECONDS", drain_seconds.to_string())
+            // Nothing from the developer's shell that changes limits, staging or security.
+            .env_remove("CLOUDIMG_MAX_PIXELS")
+            .env_remove("CLOUDIMG_MAX_UPLOAD_BYTES")
+            .env_remove("CLOUDIMG_STAGE_OVER_BYTES")
+            .env_remove("CLOUDIMG_TOKEN")
+            .env_remove("CLOUDIMG_TLS_CERT")
+            .env_remove("CLOUDIMG_TLS_KEY")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();

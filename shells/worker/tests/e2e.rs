@@ -213,16 +213,17 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
             problems.push(format!("unexpected object {key}"));
         }
     }
-    assert_eq!(
-        keys.len(),
-        expected.len(),
-        "result keys are not one per file"
-    );
-    assert_eq!(
-        message_count(&connection, &format!("{queue}.dead")).await,
-        0,
-        "jobs were dead-lettered"
-    );
+    if keys.len() != expected.len() {
+        problems.push(format!(
+            "{} result keys for {} files: not one per file",
+            keys.len(),
+            expected.len()
+        ));
+    }
+    let dead = message_count(&connection, &format!("{queue}.dead")).await;
+    if dead != 0 {
+        problems.push(format!("{dead} jobs were dead-lettered"));
+    }
     problems.extend(stop_shells(&mut producer, &mut worker));
     delete_queues(&connection, &queue).await;
     bucket.delete().await;
@@ -256,7 +257,12 @@ async fn two_uploads_with_the_same_file_name_produce_two_results() {
     let mut sizes = Vec::new();
     for key in &objects {
         let data = bucket.get(key).await.unwrap();
-        sizes.push(ResultImage::decode(&data).unwrap().displayed);
+        let image = ResultImage::decode(&data).unwrap();
+        assert_eq!(
+            image.orientation, 1,
+            "{key}: the fixtures carry no orientation"
+        );
+        sizes.push(image.stored);
     }
     delete_queues(&connection, &queue).await;
     bucket.delete().await;

@@ -154,7 +154,7 @@ async fn a_job_becomes_a_grayscale_result_and_a_staged_upload_is_cleaned_up() {
         );
         let image = ResultImage::decode(&std::fs::read(&result).unwrap()).unwrap();
         assert!(image.is_grayscale());
-        assert_eq!(image.displayed, (w, h));
+        assert_eq!((image.stored, image.orientation), ((w, h), 1));
     }
     // The staged upload is deleted once its result exists (right after the write, before the ack).
     let deadline = Instant::now() + Duration::from_secs(5);

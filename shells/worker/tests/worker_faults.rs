@@ -43,7 +43,6 @@ struct Run {
     shells: Shells,
     queue: String,
     producer: Service,
-    address: String,
     _images_dir: TempDir,
     accepted: BTreeSet<String>,
 }
@@ -79,7 +78,6 @@ async fn start_run(what: &str) -> Option<(Run, Service)> {
             shells,
             queue,
             producer,
-            address,
             _images_dir: dir,
             accepted,
         },
@@ -133,14 +131,8 @@ impl Run {
         let p = self.producer.terminate(Duration::from_secs(20));
         delete_queues(&self.connection, &self.queue).await;
         self.bucket.delete().await;
-        assert!(
-            problems.is_empty(),
-            "{}\n{}",
-            problems.join("\n"),
-            self.shells.all_logs()
-        );
+        self.shells.assert_no_problems(&problems);
         assert!(p.is_some_and(|s| s.success()), "producer: {p:?}");
-        let _ = &self.address;
     }
 }
 

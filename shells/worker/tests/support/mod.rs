@@ -438,6 +438,17 @@ impl Bucket {
     }
 }
 
+/// Settings the shells read that no test run should take from the environment it runs in.
+pub const INHERITED_SETTINGS: [&str; 7] = [
+    "CLOUDIMG_MAX_PIXELS",
+    "CLOUDIMG_MAX_UPLOAD_BYTES",
+    "CLOUDIMG_QUEUE_TYPE",
+    "CLOUDIMG_AMQP_CA",
+    "CLOUDIMG_DRAIN_SECONDS",
+    "CLOUDIMG_STAGE_OVER_BYTES",
+    "CLOUDIMG_CONCURRENCY",
+];
+
 /// Where the shells keep results.
 #[derive(Clone)]
 pub enum StoreEnv {
@@ -487,8 +498,12 @@ impl Shells {
             .env_remove("CLOUDIMG_METRICS_LISTEN")
             .env_remove("CLOUDIMG_TOKEN")
             .env_remove("CLOUDIMG_TLS_CERT")
-            .env_remove("CLOUDIMG_TLS_KEY")
-            .stdin(Stdio::null());
+            .env_remove("CLOUDIMG_TLS_KEY");
+        // Settings a developer's shell may hold that would change what the test measures.
+        for setting in INHERITED_SETTINGS {
+            command.env_remove(setting);
+        }
+        command.stdin(Stdio::null());
         match &self.store {
             StoreEnv::S3 { bucket, endpoint } => {
                 command
