@@ -25,6 +25,8 @@ impl ScanData {
     pub fn extract(&mut self, data: &[u8], start: usize) -> Result<usize> {
         self.bytes.clear();
         self.restarts.clear();
+        // At most the rest of the file: one allocation, never a copy to grow.
+        self.bytes.reserve(data.len().saturating_sub(start) + PADDING);
         let mut pos = start;
         loop {
             let Some(ff) = memchr::memchr(0xFF, &data[pos..]) else {
