@@ -26,7 +26,8 @@ impl ScanData {
         self.bytes.clear();
         self.restarts.clear();
         // At most the rest of the file: one allocation, never a copy to grow.
-        self.bytes.reserve(data.len().saturating_sub(start) + PADDING);
+        self.bytes
+            .reserve(data.len().saturating_sub(start) + PADDING);
         let mut pos = start;
         loop {
             let Some(ff) = memchr::memchr(0xFF, &data[pos..]) else {
