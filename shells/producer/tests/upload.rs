@@ -59,6 +59,16 @@ fn unique_queue(what: &str) -> String {
     )
 }
 
+/// Deletes `queue` and its dead-letter queue.
+async fn delete_queues(channel: &lapin::Channel, queue: &str) {
+    for q in [queue.to_owned(), format!("{queue}.dead")] {
+        channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
 fn temp_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "cloudimg-producer-{what}-{}",
@@ -365,12 +375,7 @@ async fn ok_means_the_job_is_on_the_queue_inline_or_staged() {
         }
     }
     p.stop().await;
-    for q in [queue.clone(), format!("{queue}.dead")] {
-        channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-    }
+    delete_queues(&channel, &queue).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -637,11 +642,6 @@ async fn every_queued_message_stays_under_16_mib_whatever_the_staging_setting() 
     );
     assert!(seen[0].1 && seen[1].1 && seen[1].0 < 1024, "{seen:?}");
     p.stop().await;
-    for q in [queue.clone(), format!("{queue}.dead")] {
-        channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-    }
+    delete_queues(&channel, &queue).await;
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -18,21 +18,15 @@ async fn send_and_wait(address: &str, image: &std::path::Path) -> serde_json::Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_worker_reconnect_after_the_broker_link_drops() {
-    if amqp_url() != DEFAULT_AMQP {
-        eprintln!("SKIPPED: the proxy forwards to 127.0.0.1:5672 only, AMQP_URL points elsewhere");
-        return;
-    }
     let Some(connection) = broker().await else {
         return;
     };
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let Some(proxy) = broker_proxy().await else {
+        return;
+    };
     let queue = unique_queue("reconnect");
     let store = TempDir::new("reconnect");
-    let shells = Shells::new(
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
-        &queue,
-        StoreEnv::Dir(store.0.clone()),
-    );
+    let shells = Shells::through_proxy(&proxy, &queue, &store);
     let (mut producer, address) = shells.producer(&[]);
     let mut worker = shells.worker(&[]);
 

@@ -486,6 +486,16 @@ impl Shells {
         Shells::new(amqp_url(), queue, store)
     }
 
+    /// The shells on the default broker reached through `proxy` (which must forward to
+    /// 127.0.0.1:5672), keeping results in `store`.
+    pub fn through_proxy(proxy: &Proxy, queue: &str, store: &TempDir) -> Shells {
+        Shells::new(
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+            queue,
+            StoreEnv::Dir(store.0.clone()),
+        )
+    }
+
     /// A command for `name` (a binary of the workspace) with the shells' environment.
     pub fn command(&self, name: &str) -> Command {
         let mut command = Command::new(binary(name));
@@ -747,6 +757,16 @@ pub enum ProxyMode {
     Stall,
     /// Cuts every open connection and closes new ones at once: a server that is gone.
     Refuse,
+}
+
+/// A proxy in front of the default broker, or `None` (with the reason printed) when `AMQP_URL`
+/// points elsewhere: fault tests cut the proxy, never the shared broker.
+pub async fn broker_proxy() -> Option<Proxy> {
+    if amqp_url() != DEFAULT_AMQP {
+        eprintln!("SKIPPED: the proxy forwards to 127.0.0.1:5672 only, AMQP_URL points elsewhere");
+        return None;
+    }
+    Some(Proxy::start("127.0.0.1:5672").await)
 }
 
 /// Forwards loopback connections to `upstream`; [`Proxy::set`] changes what it does.
