@@ -129,9 +129,8 @@ impl SendArgs {
                         "--ca-cert (CLOUDIMG_TLS_CA) needs an https:// producer, found {producer:?}"
                     )));
                 }
-                let pem = std::fs::read_to_string(path).map_err(|e| {
-                    send::SendError::Tls(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let pem = cloudimg_runtime::settings::read_pem(path, "--ca-cert (CLOUDIMG_TLS_CA)")
+                    .map_err(|e| send::SendError::Tls(e.to_string()))?;
                 if !pem.contains("-----BEGIN CERTIFICATE-----") {
                     return Err(send::SendError::Tls(format!(
                         "{} holds no PEM certificate",
