@@ -438,16 +438,17 @@ impl Bucket {
     }
 }
 
-/// Settings the shells read that no test run should take from the environment it runs in.
-pub const INHERITED_SETTINGS: [&str; 7] = [
-    "CLOUDIMG_MAX_PIXELS",
-    "CLOUDIMG_MAX_UPLOAD_BYTES",
-    "CLOUDIMG_QUEUE_TYPE",
-    "CLOUDIMG_AMQP_CA",
-    "CLOUDIMG_DRAIN_SECONDS",
-    "CLOUDIMG_STAGE_OVER_BYTES",
-    "CLOUDIMG_CONCURRENCY",
-];
+/// Removes from `command` every `CLOUDIMG_*` setting of the environment the tests run in (limits,
+/// staging, security, queue type...), so a developer's shell never changes what a test measures;
+/// the test sets what it needs afterwards (a later `env` wins).
+pub fn without_inherited_settings(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CLOUDIMG_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
 
 /// Where the shells keep results.
 #[derive(Clone)]
@@ -499,21 +500,12 @@ impl Shells {
     /// A command for `name` (a binary of the workspace) with the shells' environment.
     pub fn command(&self, name: &str) -> Command {
         let mut command = Command::new(binary(name));
-        command
+        without_inherited_settings(&mut command)
             .env("AMQP_URL", &self.amqp_url)
             .env("CLOUDIMG_QUEUE", &self.queue)
             // The binaries' default filter: what an operator gets.
             .env_remove("RUST_LOG")
-            .env_remove("CLOUDIMG_LOG_FORMAT")
-            .env_remove("CLOUDIMG_METRICS_LISTEN")
-            .env_remove("CLOUDIMG_TOKEN")
-            .env_remove("CLOUDIMG_TLS_CERT")
-            .env_remove("CLOUDIMG_TLS_KEY");
-        // Settings a developer's shell may hold that would change what the test measures.
-        for setting in INHERITED_SETTINGS {
-            command.env_remove(setting);
-        }
-        command.stdin(Stdio::null());
+            .stdin(Stdio::null());
         match &self.store {
             StoreEnv::S3 { bucket, endpoint } => {
                 command
@@ -521,8 +513,7 @@ impl Shells {
                     .env("AWS_ENDPOINT_URL", endpoint)
                     .env("AWS_REGION", "us-east-1")
                     .env("AWS_ACCESS_KEY_ID", "test")
-                    .env("AWS_SECRET_ACCESS_KEY", "test")
-                    .env_remove("CLOUDIMG_OUT_DIR");
+                    .env("AWS_SECRET_ACCESS_KEY", "test");
             }
             StoreEnv::Dir(dir) => {
                 command
@@ -634,14 +625,11 @@ impl Sent {
 
 /// Runs the real `cloudimg send --json` with `args` (paths, flags) against `producer`.
 pub fn send(producer: &str, args: &[&std::ffi::OsStr]) -> Sent {
-    let output = Command::new(binary("cloudimg"))
+    let output = without_inherited_settings(&mut Command::new(binary("cloudimg")))
         .arg("send")
         .arg("--json")
         .args(args)
         .args(["--producer", producer])
-        .env_remove("CLOUDIMG_PRODUCER")
-        .env_remove("CLOUDIMG_TOKEN")
-        .env_remove("CLOUDIMG_TLS_CA")
         .stdin(Stdio::null())
         .output()
         .expect("cannot run cloudimg send");
