@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cloudimg_engine::Limits;
 use cloudimg_producer::Config;
 use cloudimg_runtime::jobs::{FailureMarker, JobId};
@@ -581,6 +581,14 @@ fn padded_jpeg(base: &[u8], total: usize) -> Vec<u8> {
     out
 }
 
+/// The producer's command line parsed as the binary parses it, but with no environment
+/// fallbacks: a limit or a token in the developer's shell must not change what the test measures.
+fn parse_flags_only(flags: impl IntoIterator<Item = String>) -> cloudimg_producer::Args {
+    let command = cloudimg_producer::Args::command().mut_args(|arg| arg.env(None));
+    cloudimg_producer::Args::from_arg_matches(&command.try_get_matches_from(flags).unwrap())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_queued_message_stays_under_16_mib_whatever_the_staging_setting() {
     let Some(connection) = broker().await else {
@@ -590,7 +598,7 @@ async fn every_queued_message_stays_under_16_mib_whatever_the_staging_setting() 
     let dir = temp_dir("msgsize");
     // Staging asked for only above 1 GB: the producer caps it at 15 MiB (RabbitMQ 4 and Amazon MQ
     // refuse messages over 16 MiB by default; the local 3.10 broker would take them silently).
-    let args = cloudimg_producer::Args::try_parse_from([
+    let args = parse_flags_only([
         "cloudimg-producer".into(),
         "--amqp-url".into(),
         amqp_url(),
@@ -600,8 +608,7 @@ async fn every_queued_message_stays_under_16_mib_whatever_the_staging_setting() 
         dir.display().to_string(),
         "--stage-over-bytes".into(),
         "1000000000".into(),
-    ])
-    .unwrap();
+    ]);
     let mut cfg = args.config().unwrap();
     cfg.store = StoreSettings::Local { dir: dir.clone() };
     assert_eq!(cfg.stage_over_bytes, 15 << 20);
