@@ -12,6 +12,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod backoff;
+pub mod budget;
 mod error;
 pub mod jobs;
 #[cfg(feature = "service")]
@@ -21,7 +22,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StoreFailure};
 
 /// The generated gRPC service and queue messages (`proto/cloudimg/v1/image_service.proto`).
 pub mod proto {
