@@ -109,12 +109,67 @@ pub fn wire_options(quality: Quality, format: OutputFormat) -> proto::ConvertOpt
     }
 }
 
+/// Why a job failed for good, by who must act: the one vocabulary of the dead-letter header
+/// `x-cloudimg-error-kind`, the `failed/` marker's `kind` and the `cloudimg_job_errors_total`
+/// metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The sender's file is corrupt or truncated.
+    Invalid,
+    /// A file type or feature the engine does not convert.
+    Unsupported,
+    /// Over a configured limit (bytes, pixels, dimensions, scans), found from the header.
+    OverLimit,
+    /// Would need more memory than the worker's whole budget (`CLOUDIMG_MEMORY_BUDGET`).
+    OverBudget,
+    /// Still converting after `CLOUDIMG_JOB_TIMEOUT`.
+    Timeout,
+    /// The store refuses this job's objects for good (metadata, size).
+    Store,
+    /// The engine failed on input it accepted: a bug to report.
+    Internal,
+    /// The message itself is unusable (not an `ImageJob`, a bad id, a key that is not its own).
+    BadMessage,
+}
+
+impl FailureKind {
+    /// The stable lowercase name used on the wire and in markers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Invalid => "invalid",
+            FailureKind::Unsupported => "unsupported",
+            FailureKind::OverLimit => "over_limit",
+            FailureKind::OverBudget => "over_budget",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Store => "store",
+            FailureKind::Internal => "internal",
+            FailureKind::BadMessage => "bad_message",
+        }
+    }
+}
+
+impl From<cloudimg_engine::ErrorKind> for FailureKind {
+    fn from(kind: cloudimg_engine::ErrorKind) -> Self {
+        match kind {
+            cloudimg_engine::ErrorKind::Invalid => FailureKind::Invalid,
+            cloudimg_engine::ErrorKind::Unsupported => FailureKind::Unsupported,
+            cloudimg_engine::ErrorKind::OverLimit => FailureKind::OverLimit,
+            cloudimg_engine::ErrorKind::Internal => FailureKind::Internal,
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The JSON the worker writes to `failed/<job_id>.json` when it dead-letters a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureMarker {
     pub job_id: String,
-    /// The engine's error kind (`invalid`, `unsupported`, `over_limit`, `internal`) or `job` for a
-    /// message the worker could not use at all.
+    /// A [`FailureKind`]'s name.
     pub kind: String,
     pub error: String,
     pub source_name: String,
@@ -127,6 +182,31 @@ pub fn unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The longest `source-name` metadata value written: S3 allows 2 KB of user metadata in all, and
+/// the other entries (job id, width, height and the names) take under 100 bytes.
+pub const SOURCE_NAME_METADATA_MAX: usize = 1024;
+
+/// A file name as the `source-name` metadata: percent-encoded, and cut (at a character
+/// boundary, marked with a trailing `%E2%80%A6`, an ellipsis) so it never exceeds
+/// [`SOURCE_NAME_METADATA_MAX`] bytes, whatever the sender named the file.
+pub fn source_name_metadata(name: &str) -> String {
+    let encoded = percent_encode(name);
+    if encoded.len() <= SOURCE_NAME_METADATA_MAX {
+        return encoded;
+    }
+    let ellipsis = percent_encode("…");
+    let mut out = String::with_capacity(SOURCE_NAME_METADATA_MAX);
+    for c in name.chars() {
+        let piece = percent_encode(c.encode_utf8(&mut [0; 4]));
+        if out.len() + piece.len() + ellipsis.len() > SOURCE_NAME_METADATA_MAX {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out.push_str(&ellipsis);
+    out
 }
 
 /// Percent-encodes everything outside RFC 3986's unreserved set, so any file name fits S3's
@@ -232,6 +312,24 @@ mod tests {
             ..Default::default()
         };
         assert!(engine_options(&bad, Limits::default()).is_err());
+    }
+
+    #[test]
+    fn source_names_are_cut_to_fit_s3_metadata_at_a_character_boundary() {
+        assert_eq!(source_name_metadata("photo 1.jpg"), "photo%201.jpg");
+        for name in [
+            "é".repeat(3000),
+            "a".repeat(5000),
+            format!("{}.jpg", "✓".repeat(700)),
+        ] {
+            let meta = source_name_metadata(&name);
+            assert!(meta.len() <= SOURCE_NAME_METADATA_MAX, "{}", meta.len());
+            let decoded = percent_decode(&meta);
+            let kept = decoded
+                .strip_suffix('…')
+                .expect("cut names end with an ellipsis");
+            assert!(name.starts_with(kept) && kept.len() > 300, "{}", kept.len());
+        }
     }
 
     #[test]

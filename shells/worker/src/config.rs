@@ -16,6 +16,10 @@ pub struct Config {
     /// Images converted at once: the engine pool's threads and the broker prefetch.
     pub concurrency: usize,
     pub limits: Limits,
+    /// The longest one conversion may take before its job is dead-lettered with kind `timeout`.
+    pub job_timeout: std::time::Duration,
+    /// Bytes the jobs in flight may hold together, by their estimates (input, decoder, output).
+    pub memory_budget: u64,
     /// Metrics endpoint and drain bound.
     pub service: ServiceSettings,
 }
@@ -33,6 +37,19 @@ pub struct Args {
     /// Images processed at once; the broker prefetch follows it (default: the number of cores).
     #[arg(long, env = "CLOUDIMG_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// The longest one conversion may take (`90s`, `2m`); past it the engine is stopped and the
+    /// job dead-lettered with kind `timeout`. A 100-megapixel progressive JPEG takes about 2 s on
+    /// one core; the default leaves room for slow cores and pathological but valid files.
+    #[arg(long, env = "CLOUDIMG_JOB_TIMEOUT", default_value = "60s",
+          value_parser = cloudimg_runtime::settings::parse_duration)]
+    pub job_timeout: std::time::Duration,
+    /// Bytes the jobs in flight may hold together (`512MiB`, `4GiB`), by each one's estimate from
+    /// its header; a job waits for room, and one that needs more than all of it is dead-lettered
+    /// with kind `over_budget`. Default: 75 % of the cgroup's memory limit, else of the machine's
+    /// memory (the rest is the process itself, the allocator's slack and the system).
+    #[arg(long, env = "CLOUDIMG_MEMORY_BUDGET",
+          value_parser = cloudimg_runtime::budget::parse_bytes)]
+    pub memory_budget: Option<u64>,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -58,6 +75,10 @@ impl Args {
             store,
             concurrency,
             limits: self.limits.limits(),
+            job_timeout: self.job_timeout,
+            memory_budget: self
+                .memory_budget
+                .unwrap_or_else(|| cloudimg_runtime::budget::default_budget(75)),
             service: self.service.settings(),
         })
     }

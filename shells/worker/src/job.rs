@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloudimg_engine::{Converted, Options};
+use cloudimg_runtime::StoreFailure;
 use cloudimg_runtime::amqp::{self, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_JOB_ID};
 use cloudimg_runtime::backoff::Backoff;
-use cloudimg_runtime::jobs::{self, FailureMarker, JobId};
+use cloudimg_runtime::jobs::{self, FailureKind, FailureMarker, JobId};
 use cloudimg_runtime::proto::{ImageJob, image_job};
 use cloudimg_runtime::store::{ObjectMeta, ObjectStore};
 use lapin::Channel;
@@ -30,22 +31,34 @@ enum Outcome {
         accepted_unix_ms: i64,
     },
     /// Permanent: dead-letter with the reason, then ack.
-    Poison {
-        job_id: String,
-        kind: &'static str,
-        error: String,
-        source_name: String,
-    },
-    /// A transient error outlived the link or the shutdown: give the job back to the broker.
+    Failed(Failure),
+    /// Not this job's fault, and not settled here (the link or the shutdown came first, or the
+    /// store refuses the worker itself): give the job back to the broker.
     Requeue(String),
 }
 
-fn poison(job_id: &str, kind: &'static str, error: impl Into<String>) -> Outcome {
-    Outcome::Poison {
+/// A job that failed for good: what its dead letter and its `failed/` marker say.
+struct Failure {
+    job_id: String,
+    kind: FailureKind,
+    error: String,
+    source_name: String,
+}
+
+fn failed(job_id: &str, kind: FailureKind, error: impl Into<String>) -> Outcome {
+    Outcome::Failed(Failure {
         job_id: job_id.to_owned(),
         kind,
         error: error.into(),
         source_name: String::new(),
+    })
+}
+
+/// The outcome when a store call could not be completed.
+fn store_stopped(job_id: &str, stop: Stop) -> Outcome {
+    match stop {
+        Stop::Rejected(reason) => failed(job_id, FailureKind::Store, reason),
+        Stop::Released(reason) => Outcome::Requeue(reason),
     }
 }
 
@@ -94,6 +107,7 @@ pub(crate) async fn handle(
     } = delivery;
     let body = Bytes::from(data);
     let retry = Retry {
+        ctx: &ctx,
         link: &link,
         shutdown: &shutdown,
     };
@@ -134,19 +148,19 @@ pub(crate) async fn handle(
                 })
                 .await;
         }
-        Outcome::Poison {
+        Outcome::Failed(Failure {
             mut job_id,
             kind,
             error,
             source_name,
-        } => {
+        }) => {
             if job_id.is_empty() {
                 // An unusable message: keep the id the producer put in the header, if any.
                 job_id = amqp::header_str(properties.headers().as_ref(), HEADER_JOB_ID)
                     .unwrap_or_default();
             }
             let marked = mark_failed(&ctx, &job_id, kind, &error, &source_name, &retry).await;
-            if let Err(reason) = marked {
+            if let Err(Stop::Released(reason)) = marked {
                 tracing::warn!(%job_id, %reason, "cannot write the failure marker; requeueing");
                 job_outcome("requeued");
                 let _ = acker
@@ -166,7 +180,7 @@ pub(crate) async fn handle(
                 HEADER_ERROR.into(),
                 amqp::long_string(&truncate(&error, 2000)),
             );
-            headers.insert(HEADER_ERROR_KIND.into(), amqp::long_string(kind));
+            headers.insert(HEADER_ERROR_KIND.into(), amqp::long_string(kind.as_str()));
             let published = async {
                 dead_letters
                     .basic_publish(
@@ -198,8 +212,8 @@ pub(crate) async fn handle(
                 tracing::warn!(%job_id, error = %e, "ack after dead-lettering failed");
             }
             job_outcome("dead_lettered");
-            metrics::counter!("cloudimg_job_errors_total", "kind" => kind).increment(1);
-            tracing::error!(%job_id, kind, %error, "job dead-lettered");
+            metrics::counter!("cloudimg_job_errors_total", "kind" => kind.as_str()).increment(1);
+            tracing::error!(%job_id, kind = kind.as_str(), %error, "job dead-lettered");
         }
     }
 }
@@ -207,14 +221,24 @@ pub(crate) async fn handle(
 async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_>) -> Outcome {
     let job = match ImageJob::decode(body) {
         Ok(job) => job,
-        Err(e) => return poison("", "job", format!("not an ImageJob message: {e}")),
+        Err(e) => {
+            return failed(
+                "",
+                FailureKind::BadMessage,
+                format!("not an ImageJob message: {e}"),
+            );
+        }
     };
     let Ok(job_id) = JobId::parse(&job.job_id) else {
-        return poison(&job.job_id, "job", format!("bad job id {:?}", job.job_id));
+        return failed(
+            &job.job_id,
+            FailureKind::BadMessage,
+            format!("bad job id {:?}", job.job_id),
+        );
     };
     let options = match jobs::engine_options(&job.options.unwrap_or_default(), ctx.limits) {
         Ok(o) => o,
-        Err(e) => return poison(&job.job_id, "job", e),
+        Err(e) => return failed(&job.job_id, FailureKind::BadMessage, e),
     };
     if job.accepted_unix_ms > 0 {
         let lag_ms = jobs::unix_ms().saturating_sub(job.accepted_unix_ms).max(0);
@@ -222,9 +246,9 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
     }
     let key = job_id.result_key(options.format);
     if job.output_key != key {
-        return poison(
+        return failed(
             &job.job_id,
-            "job",
+            FailureKind::BadMessage,
             format!(
                 "output key {:?} does not belong to job {job_id} (expected {key:?})",
                 job.output_key
@@ -232,17 +256,10 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         );
     }
     let with_name = |outcome: Outcome| match outcome {
-        Outcome::Poison {
-            job_id,
-            kind,
-            error,
-            ..
-        } => Outcome::Poison {
-            job_id,
-            kind,
-            error,
+        Outcome::Failed(failure) => Outcome::Failed(Failure {
             source_name: job.source_name.clone(),
-        },
+            ..failure
+        }),
         other => other,
     };
 
@@ -258,7 +275,7 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
                 };
             }
             Ok(None) => {}
-            Err(reason) => return Outcome::Requeue(reason),
+            Err(stop) => return with_name(store_stopped(&job.job_id, stop)),
         }
     }
 
@@ -266,9 +283,9 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         Some(image_job::Payload::Inline(data)) => data.clone(),
         Some(image_job::Payload::Staged(staged)) => {
             if staged.key != job_id.staging_key() {
-                return with_name(poison(
+                return with_name(failed(
                     &job.job_id,
-                    "job",
+                    FailureKind::BadMessage,
                     format!(
                         "staged key {:?} does not belong to job {job_id}",
                         staged.key
@@ -289,24 +306,33 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
                             engine: None,
                             accepted_unix_ms: job.accepted_unix_ms,
                         },
-                        Ok(None) => with_name(poison(
+                        Ok(None) => with_name(failed(
                             &job.job_id,
-                            "job",
+                            FailureKind::BadMessage,
                             format!("staged upload {} is missing", staged.key),
                         )),
-                        Err(reason) => Outcome::Requeue(reason),
+                        Err(stop) => with_name(store_stopped(&job.job_id, stop)),
                     };
                 }
-                Err(reason) => return Outcome::Requeue(reason),
+                Err(stop) => return with_name(store_stopped(&job.job_id, stop)),
             }
         }
-        None => return with_name(poison(&job.job_id, "job", "the job carries no image")),
+        None => {
+            return with_name(failed(
+                &job.job_id,
+                FailureKind::BadMessage,
+                "the job carries no image",
+            ));
+        }
     };
 
     metrics::counter!("cloudimg_input_bytes_total").increment(data.len() as u64);
     let converted = match convert_on_pool(ctx, data, options).await {
         Ok(c) => c,
-        Err(e) => return with_name(poison(&job.job_id, e.kind().as_str(), e.to_string())),
+        Err(failure) => {
+            let (kind, error) = failure.describe();
+            return with_name(failed(&job.job_id, kind, error));
+        }
     };
     let engine = converted.stages;
     let engine_time = cloudimg_engine::Stage::ALL
@@ -326,7 +352,7 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
         metadata: [
             (
                 "source-name".to_owned(),
-                jobs::percent_encode(&job.source_name),
+                jobs::source_name_metadata(&job.source_name),
             ),
             ("job-id".to_owned(), job.job_id.clone()),
             ("width".to_owned(), width.to_string()),
@@ -336,11 +362,11 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
     };
     let output = Bytes::from(converted.data);
     let put_started = Instant::now();
-    if let Err(reason) = retry
+    if let Err(stop) = retry
         .run("put", || ctx.store.put(&key, output.clone(), &meta))
         .await
     {
-        return Outcome::Requeue(reason);
+        return with_name(store_stopped(&job.job_id, stop));
     }
     record_stage("store", put_started.elapsed());
     metrics::counter!("cloudimg_output_bytes_total").increment(output.len() as u64);
@@ -352,13 +378,34 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
     }
 }
 
-/// Runs the engine on the pool, never on a tokio thread; a panic becomes an internal error (and
-/// so a dead-lettered job) instead of taking the worker down.
+/// Why a conversion produced nothing.
+enum ConvertFailure {
+    Engine(cloudimg_engine::Error),
+    TimedOut(Duration),
+}
+
+impl ConvertFailure {
+    fn describe(&self) -> (FailureKind, String) {
+        match self {
+            ConvertFailure::Engine(e) => (e.kind().into(), e.to_string()),
+            ConvertFailure::TimedOut(limit) => (
+                FailureKind::Timeout,
+                format!(
+                    "the conversion took longer than CLOUDIMG_JOB_TIMEOUT ({} s)",
+                    limit.as_secs_f64()
+                ),
+            ),
+        }
+    }
+}
+
+/// Runs the engine on the pool, never on a tokio thread, for at most the job timeout; a panic
+/// becomes an internal error (and so a dead-lettered job) instead of taking the worker down.
 async fn convert_on_pool(
     ctx: &Context,
     data: Bytes,
     options: Options,
-) -> Result<Converted, cloudimg_engine::Error> {
+) -> Result<Converted, ConvertFailure> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     ctx.pool.spawn(move || {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -372,11 +419,13 @@ async fn convert_on_pool(
         drop(data);
         let _ = tx.send(result);
     });
-    rx.await.unwrap_or_else(|_| {
-        Err(cloudimg_engine::Error::Internal(
+    match tokio::time::timeout(ctx.job_timeout, rx).await {
+        Ok(Ok(result)) => result.map_err(ConvertFailure::Engine),
+        Ok(Err(_)) => Err(ConvertFailure::Engine(cloudimg_engine::Error::Internal(
             "the engine task vanished".into(),
-        ))
-    })
+        ))),
+        Err(_) => Err(ConvertFailure::TimedOut(ctx.job_timeout)),
+    }
 }
 
 /// Deletes a staged upload once its result exists (best effort: a leftover is harmless, and a
@@ -389,20 +438,23 @@ async fn cleanup_staged(ctx: &Context, job_id: &JobId, payload: &Option<image_jo
     }
 }
 
+/// Writes the `failed/` marker. A marker the store rejects for good is skipped (the dead letter
+/// still carries the reason); only a released job (link, shutdown, access) stops the
+/// dead-lettering.
 async fn mark_failed(
     ctx: &Context,
     job_id: &str,
-    kind: &str,
+    kind: FailureKind,
     error: &str,
     source_name: &str,
     retry: &Retry<'_>,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let Ok(id) = JobId::parse(job_id) else {
         return Ok(()); // no usable id: nobody can ask about it; the dead-letter queue has it
     };
     let marker = FailureMarker {
         job_id: job_id.to_owned(),
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         error: error.to_owned(),
         source_name: source_name.to_owned(),
         failed_unix_ms: jobs::unix_ms(),
@@ -413,9 +465,16 @@ async fn mark_failed(
         metadata: [("job-id".to_owned(), job_id.to_owned())].into(),
     };
     let key = id.failure_key();
-    retry
+    match retry
         .run("put", || ctx.store.put(&key, body.clone(), &meta))
         .await
+    {
+        Err(Stop::Rejected(reason)) => {
+            tracing::warn!(%job_id, %reason, "the store refuses the failure marker; dead-lettering without it");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -425,42 +484,73 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// Why a store call gave up.
+enum Stop {
+    /// The store refuses this job's object for good ([`StoreFailure::Rejected`], tried
+    /// [`REJECTED_TRIES`] times): the job fails with kind `store`.
+    Rejected(String),
+    /// The link was lost, shutdown began, or the store refuses the worker itself
+    /// ([`StoreFailure::Denied`], reported to [`crate::Readiness`]): the job goes back to the
+    /// broker, nothing is dead-lettered.
+    Released(String),
+}
+
+/// Tries before a rejection is believed: one more than a request that raced a configuration
+/// change would need.
+const REJECTED_TRIES: u32 = 3;
+
 /// Retries transient store errors with backoff until they succeed, the link is lost or shutdown
-/// begins (then the job goes back to the broker: nothing transient is ever dead-lettered).
+/// begins; a rejection is retried [`REJECTED_TRIES`] times, an access denial not at all.
 struct Retry<'a> {
+    ctx: &'a Context,
     link: &'a CancellationToken,
     shutdown: &'a CancellationToken,
 }
 
 impl Retry<'_> {
-    async fn run<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T, String>
+    async fn run<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = cloudimg_runtime::Result<T>>,
     {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut rejections = 0;
         loop {
-            match attempt().await {
+            let e = match attempt().await {
                 Ok(v) => return Ok(v),
-                Err(e) => {
-                    metrics::counter!("cloudimg_store_errors_total", "op" => what).increment(1);
-                    if self.link.is_cancelled() || self.shutdown.is_cancelled() {
-                        return Err(e.to_string());
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        op = what,
-                        error = %e,
-                        attempt = backoff.attempts(),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "store error; retrying"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.link.cancelled() => return Err(e.to_string()),
-                        _ = self.shutdown.cancelled() => return Err(e.to_string()),
+                Err(e) => e,
+            };
+            let class = e.store_failure();
+            metrics::counter!("cloudimg_store_errors_total", "op" => what).increment(1);
+            match class {
+                StoreFailure::Denied => {
+                    self.ctx.readiness.store_denied(&e);
+                    return Err(Stop::Released(e.to_string()));
+                }
+                StoreFailure::Rejected => {
+                    rejections += 1;
+                    if rejections >= REJECTED_TRIES {
+                        return Err(Stop::Rejected(e.to_string()));
                     }
                 }
+                StoreFailure::Transient => {}
+            }
+            if self.link.is_cancelled() || self.shutdown.is_cancelled() {
+                return Err(Stop::Released(e.to_string()));
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                op = what,
+                error = %e,
+                class = ?class,
+                attempt = backoff.attempts(),
+                retry_in_ms = delay.as_millis() as u64,
+                "store error; retrying"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.link.cancelled() => return Err(Stop::Released(e.to_string())),
+                _ = self.shutdown.cancelled() => return Err(Stop::Released(e.to_string())),
             }
         }
     }

@@ -8,8 +8,12 @@
 //! * **Poison** (every engine error, and messages the worker cannot use) goes to `<queue>.dead` with
 //!   `x-cloudimg-job-id` / `x-cloudimg-error` headers after a `failed/<job_id>.json` marker is
 //!   written, and is then acked: it never blocks the queue or loops.
-//! * **Transient** store errors are retried with backoff while the job is held; nothing transient
-//!   is ever dead-lettered.
+//! * **Store errors by who must act**: transient ones are retried with backoff while the job is
+//!   held (nothing transient is ever dead-lettered); an object the store rejects for good fails its
+//!   job with kind `store` after a few tries; a store that refuses the worker itself (access
+//!   denied, no such bucket) pauses consuming, with `cloudimg_worker_ready` 0 and the jobs back in
+//!   the queue, instead of burning the queue into dead letters: the worker tries again after a
+//!   growing pause, and resumes once the store accepts it.
 //! * **Link loss**: the consume loop reconnects with backoff; jobs in flight on the lost link stop
 //!   retrying and are redelivered by the broker. Redeliveries are idempotent: output keys are per
 //!   job, and a redelivered job whose result exists is acked without converting again.
@@ -54,6 +58,43 @@ pub(crate) struct Context {
     pub pool: Pool,
     pub topology: Topology,
     pub limits: cloudimg_engine::Limits,
+    pub job_timeout: Duration,
+    pub readiness: Readiness,
+}
+
+/// Whether the store accepts the worker at all: a job that meets an access denial reports it
+/// here, and the consume loop pauses.
+pub(crate) struct Readiness {
+    denied: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl Readiness {
+    fn new() -> Readiness {
+        Readiness {
+            denied: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// The store refused the worker itself (see [`cloudimg_runtime::StoreFailure::Denied`]).
+    pub fn store_denied(&self, error: &cloudimg_runtime::Error) {
+        self.denied.send_replace(Some(error.to_string()));
+    }
+
+    /// Forgets earlier denials and returns a receiver that sees the next one.
+    fn watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.denied.send_replace(None);
+        self.denied.subscribe()
+    }
+}
+
+/// How a session with the broker ended.
+enum SessionEnd {
+    /// Shutdown: the jobs held were drained.
+    Shutdown,
+    /// The broker link failed (reconnect with backoff).
+    LinkLost(cloudimg_runtime::Error),
+    /// The store refused the worker: pause before taking jobs again.
+    StoreDenied(String),
 }
 
 /// Consumes until `shutdown` is cancelled, reconnecting whenever the broker link fails; then drains.
@@ -72,42 +113,74 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         pool,
         topology: Topology::new(&config.broker),
         limits: config.limits,
+        job_timeout: config.job_timeout,
+        readiness: Readiness::new(),
     });
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut pause = Backoff::new(Duration::from_secs(5), Duration::from_secs(60));
     let mut errors = amqp::SetupErrorLog::default();
     metrics::gauge!("cloudimg_broker_connected").set(0.0);
+    metrics::gauge!("cloudimg_worker_ready").set(0.0);
     metrics::gauge!("cloudimg_jobs_in_flight").set(0.0);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
         let result = session(&ctx, &config, &shutdown, &mut errors).await;
         metrics::gauge!("cloudimg_broker_connected").set(0.0);
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff.reset();
-                }
+        metrics::gauge!("cloudimg_worker_ready").set(0.0);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+            pause.reset();
+        }
+        let delay = match result {
+            SessionEnd::Shutdown => break,
+            SessionEnd::LinkLost(e) => {
                 let delay = backoff.next_delay();
                 tracing::debug!(broker = %redact_url(&config.broker.url), "reconnecting");
                 errors.report(&e, delay, "worker: broker link down; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => break,
-                }
+                delay
             }
+            SessionEnd::StoreDenied(reason) => {
+                let delay = pause.next_delay();
+                tracing::error!(
+                    %reason,
+                    store = %ctx.store.describe(),
+                    retry_in_s = delay.as_secs(),
+                    "the store refuses this worker (check its role, credentials and bucket): \
+                     not taking jobs; they stay in the queue"
+                );
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break,
         }
     }
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// One connection's life: set up, consume until shutdown (`Ok`, drained) or link loss (`Err`).
+/// One connection's life: set up, consume until shutdown (drained), link loss or a store that
+/// refuses the worker (the jobs held go back to the broker).
 async fn session(
     ctx: &Arc<Context>,
     config: &Config,
     shutdown: &CancellationToken,
     errors: &mut amqp::SetupErrorLog,
-) -> Result<(), cloudimg_runtime::Error> {
+) -> SessionEnd {
+    match consume(ctx, config, shutdown, errors).await {
+        Ok(end) => end,
+        Err(e) => SessionEnd::LinkLost(e),
+    }
+}
+
+async fn consume(
+    ctx: &Arc<Context>,
+    config: &Config,
+    shutdown: &CancellationToken,
+    errors: &mut amqp::SetupErrorLog,
+) -> Result<SessionEnd, cloudimg_runtime::Error> {
+    let mut denied = ctx.readiness.watch();
     let connection = amqp::connect(&config.broker, "cloudimg-worker").await?;
     let channel = connection.create_channel().await?;
     ctx.topology.declare(&channel).await?;
@@ -129,6 +202,7 @@ async fn session(
     tracing::info!(queue = %ctx.topology.queue, prefetch = config.concurrency, "worker consuming");
     errors.reset();
     metrics::gauge!("cloudimg_broker_connected").set(1.0);
+    metrics::gauge!("cloudimg_worker_ready").set(1.0);
     metrics::counter!("cloudimg_broker_connects_total").increment(1);
 
     let tracker = TaskTracker::new();
@@ -139,6 +213,11 @@ async fn session(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break None,
+            Ok(()) = denied.changed() => {
+                if let Some(reason) = denied.borrow_and_update().clone() {
+                    break Some(Ended::Denied(reason));
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     tracker.spawn(job::handle(
@@ -149,10 +228,10 @@ async fn session(
                         shutdown.clone(),
                     ));
                 }
-                Some(Err(e)) => break Some(e.to_string()),
-                None => break Some("the consumer was cancelled".to_owned()),
+                Some(Err(e)) => break Some(Ended::Link(e.to_string())),
+                None => break Some(Ended::Link("the consumer was cancelled".to_owned())),
             },
-            _ = &mut link_lost => break Some("connection lost".to_owned()),
+            _ = &mut link_lost => break Some(Ended::Link("connection lost".to_owned())),
         }
     };
     match lost {
@@ -184,10 +263,11 @@ async fn session(
                 connection.close(200, "cloudimg worker shutting down".into()),
             )
             .await;
-            Ok(())
+            Ok(SessionEnd::Shutdown)
         }
-        Some(reason) => {
-            // The jobs in flight can no longer be acked on this link; the broker redelivers them.
+        Some(ended) => {
+            // Link lost: the jobs in flight can no longer be acked on it, and the broker redelivers
+            // them. Store denied: they stop retrying and are handed back (nacked with requeue).
             link.cancel();
             tracker.close();
             tracker.wait().await;
@@ -196,7 +276,18 @@ async fn session(
                 connection.close(200, "cloudimg worker reconnecting".into()),
             )
             .await;
-            Err(cloudimg_runtime::Error::LinkLost(reason))
+            Ok(match ended {
+                Ended::Link(reason) => {
+                    SessionEnd::LinkLost(cloudimg_runtime::Error::LinkLost(reason))
+                }
+                Ended::Denied(reason) => SessionEnd::StoreDenied(reason),
+            })
         }
     }
+}
+
+/// Why the consume loop stopped before shutdown.
+enum Ended {
+    Link(String),
+    Denied(String),
 }

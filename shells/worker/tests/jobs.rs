@@ -37,6 +37,8 @@ fn start_worker_with(queue: &str, dir: &Path, limits: Limits) -> Worker {
         },
         concurrency: 2,
         limits,
+        job_timeout: Duration::from_secs(60),
+        memory_budget: 1 << 30,
         service: Default::default(),
     };
     let stop = CancellationToken::new();

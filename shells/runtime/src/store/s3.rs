@@ -8,13 +8,15 @@
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::{ObjectInfo, ObjectMeta, ObjectStore, check_key};
+use crate::error::StoreFailure;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -67,8 +69,42 @@ impl S3Store {
     }
 }
 
-fn fail(op: &'static str, key: &str, e: impl std::error::Error) -> Error {
-    Error::store(op, key, DisplayErrorContext(e))
+fn fail<E>(op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let class = classify(&e);
+    Error::store(op, key, class, DisplayErrorContext(e))
+}
+
+/// Sorts an S3 answer by who must act: S3's documented error codes by HTTP status, with the
+/// few 4xx that are about load or time, not about the request, kept transient.
+fn classify<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> StoreFailure {
+    let SdkError::ServiceError(context) = e else {
+        // Timeouts, connection failures, unreadable responses: the network or the store's load.
+        return match e {
+            SdkError::ConstructionFailure(_) => StoreFailure::Rejected,
+            _ => StoreFailure::Transient,
+        };
+    };
+    let status = context.raw().status().as_u16();
+    store_failure(status, context.err().code())
+}
+
+/// The classification behind [`classify`], by status and S3 error code.
+fn store_failure(status: u16, code: Option<&str>) -> StoreFailure {
+    match (status, code) {
+        (_, Some("RequestTimeout" | "SlowDown" | "OperationAborted" | "ExpiredToken")) => {
+            StoreFailure::Transient
+        }
+        (_, Some("NoSuchBucket" | "PermanentRedirect" | "AuthorizationHeaderMalformed")) => {
+            StoreFailure::Denied
+        }
+        (301 | 401 | 403, _) => StoreFailure::Denied,
+        (408 | 409 | 429, _) => StoreFailure::Transient,
+        (400..=499, _) => StoreFailure::Rejected,
+        _ => StoreFailure::Transient,
+    }
 }
 
 impl ObjectStore for S3Store {
@@ -105,7 +141,11 @@ impl ObjectStore for S3Store {
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(fail("get", key, e)),
         };
-        let body = resp.body.collect().await.map_err(|e| fail("get", key, e))?;
+        let body = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::store("get", key, StoreFailure::Transient, e))?;
         Ok(Some(body.into_bytes()))
     }
 
@@ -142,5 +182,32 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| fail("delete", key, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_errors_are_sorted_by_who_must_act() {
+        use StoreFailure::*;
+        for (status, code, expected) in [
+            (403, Some("AccessDenied"), Denied),
+            (403, Some("InvalidAccessKeyId"), Denied),
+            (404, Some("NoSuchBucket"), Denied),
+            (301, None, Denied),
+            (400, Some("MetadataTooLarge"), Rejected),
+            (400, Some("EntityTooLarge"), Rejected),
+            (400, Some("InvalidArgument"), Rejected),
+            (400, Some("RequestTimeout"), Transient),
+            (400, Some("ExpiredToken"), Transient),
+            (503, Some("SlowDown"), Transient),
+            (500, Some("InternalError"), Transient),
+            (409, Some("OperationAborted"), Transient),
+            (429, None, Transient),
+        ] {
+            assert_eq!(store_failure(status, code), expected, "{status} {code:?}");
+        }
     }
 }

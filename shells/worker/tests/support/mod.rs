@@ -968,3 +968,231 @@ pub fn make_pki(dir: &Path) -> TestPki {
         server_key: dir.join("server.key"),
     }
 }
+
+// ---- an S3 gate: what real S3 enforces and moto does not, and refusals on demand ----------------
+
+/// A refusal the gate answers instead of forwarding: requests with `method` whose path contains
+/// `path_part`, or whose headers contain `header_part` (either may be empty = any).
+#[derive(Debug, Clone)]
+pub struct S3Refusal {
+    pub method: &'static str,
+    pub path_part: String,
+    pub header_part: String,
+    pub status: u16,
+    pub code: &'static str,
+}
+
+/// An HTTP/1.1 gate in front of moto. It enforces S3's 2 KB limit on user metadata
+/// (`x-amz-meta-*` names and values; S3 answers 400 `MetadataTooLarge`, moto accepts anything)
+/// and answers the [`S3Refusal`]s a test sets, with S3's error XML; everything else is forwarded
+/// (one upstream connection per request, `Connection: close`).
+pub struct S3Gate {
+    pub endpoint: String,
+    refusals: Arc<Mutex<Vec<S3Refusal>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// S3's limit on user-defined metadata per object.
+pub const S3_METADATA_LIMIT: usize = 2048;
+
+impl S3Gate {
+    pub async fn start(upstream_endpoint: &str) -> S3Gate {
+        let upstream = upstream_endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refusals: Arc<Mutex<Vec<S3Refusal>>> = Arc::default();
+        let refused: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accept = tokio::spawn({
+            let refusals = refusals.clone();
+            let refused = refused.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(gate_connection(
+                        client,
+                        upstream.clone(),
+                        refusals.clone(),
+                        refused.clone(),
+                    ));
+                }
+            }
+        });
+        S3Gate {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            refusals,
+            refused,
+            accept,
+        }
+    }
+
+    pub fn refuse(&self, refusal: S3Refusal) {
+        self.refusals.lock().unwrap().push(refusal);
+    }
+
+    pub fn clear(&self) {
+        self.refusals.lock().unwrap().clear();
+    }
+
+    /// How many requests the gate answered with an error so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for S3Gate {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn gate_connection(
+    mut client: tokio::net::TcpStream,
+    upstream: String,
+    refusals: Arc<Mutex<Vec<S3Refusal>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    loop {
+        // The request head.
+        let head_end = loop {
+            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 16 << 10];
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert!(
+            header("transfer-encoding").is_none(),
+            "the S3 gate handles Content-Length bodies only: {head}"
+        );
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = vec![0u8; 64 << 10];
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let request: Vec<u8> = buffer.drain(..head_end + length).collect();
+
+        let metadata_bytes: usize = headers
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("x-amz-meta-").map(|k| k.len() + v.len()))
+            .sum();
+        let refusal = if metadata_bytes > S3_METADATA_LIMIT {
+            Some((400, "MetadataTooLarge"))
+        } else {
+            refusals
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| {
+                    r.method == method
+                        && path.contains(&r.path_part)
+                        && (r.header_part.is_empty() || head.contains(&r.header_part))
+                })
+                .map(|r| (r.status, r.code))
+        };
+        if let Some((status, code)) = refusal {
+            refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = if method == "HEAD" {
+                String::new()
+            } else {
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+                     <Message>refused by the test's S3 gate</Message></Error>"
+                )
+            };
+            let response = format!(
+                "HTTP/1.1 {status} Refused\r\nContent-Type: application/xml\r\n\
+                 x-amz-request-id: gate\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if client.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+
+        // Forward, one request per upstream connection, and relay the answer to its end.
+        let Ok(mut server) = tokio::net::TcpStream::connect(upstream.as_str()).await else {
+            return;
+        };
+        let mut forwarded = format!("{request_line}\r\n");
+        for (k, v) in &headers {
+            if k != "connection" {
+                forwarded.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        forwarded.push_str("connection: close\r\n\r\n");
+        if server.write_all(forwarded.as_bytes()).await.is_err()
+            || server.write_all(&request[head_end..]).await.is_err()
+        {
+            return;
+        }
+        let mut answer = Vec::new();
+        if server.read_to_end(&mut answer).await.is_err() {
+            return;
+        }
+        let _ = client.write_all(&answer).await;
+        // moto answered `Connection: close`; the client opens a new connection.
+        return;
+    }
+}
+
+/// Uploads `data` named `file_name` through the producer's gRPC API directly, as a client other
+/// than `cloudimg send` could (any name, any size).
+pub async fn upload_raw(
+    producer: &str,
+    file_name: &str,
+    data: Vec<u8>,
+) -> Result<cloudimg_runtime::proto::UploadReply, tonic::Status> {
+    use cloudimg_runtime::proto::{UploadMetadata, UploadRequest, upload_request};
+    let mut client = cloudimg_runtime::proto::image_service_client::ImageServiceClient::connect(
+        format!("http://{producer}"),
+    )
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let messages = vec![
+        UploadRequest {
+            part: Some(upload_request::Part::Metadata(UploadMetadata {
+                file_name: file_name.to_owned(),
+                size: data.len() as u64,
+                ..Default::default()
+            })),
+        },
+        UploadRequest {
+            part: Some(upload_request::Part::Chunk(data.into())),
+        },
+    ];
+    client
+        .upload(futures_util::stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
