@@ -26,21 +26,23 @@ struct Worker {
 }
 
 fn start_worker(queue: &str, dir: &Path) -> Worker {
-    start_worker_with(queue, dir, Limits::default())
+    start_worker_with(queue, dir, |_| {})
 }
 
-fn start_worker_with(queue: &str, dir: &Path, limits: Limits) -> Worker {
-    let config = Config {
+/// A worker whose configuration `tweak` changed from the tests' default.
+fn start_worker_with(queue: &str, dir: &Path, tweak: impl FnOnce(&mut Config)) -> Worker {
+    let mut config = Config {
         broker: BrokerSettings::new(amqp_url(), queue),
         store: StoreSettings::Local {
             dir: dir.to_path_buf(),
         },
         concurrency: 2,
-        limits,
+        limits: Limits::default(),
         job_timeout: Duration::from_secs(60),
         memory_budget: 1 << 30,
         service: Default::default(),
     };
+    tweak(&mut config);
     let stop = CancellationToken::new();
     let task = tokio::spawn(cloudimg_worker::run(config, stop.clone()));
     Worker { stop, task }
@@ -310,26 +312,15 @@ async fn shutdown_mid_run_finishes_and_acks_what_it_holds_and_loses_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_workers_own_limits_dead_letter_an_image_over_them_as_over_limit() {
-    let Some(connection) = broker().await else {
-        return;
-    };
-    // A worker configured tighter than whoever queued the job (CLOUDIMG_MAX_PIXELS and
-    // CLOUDIMG_MAX_UPLOAD_BYTES apply on both sides): it refuses from the header, permanently.
-    let queue = unique_queue("worker-limits");
-    let dir = TempDir::new("worker-limits");
+/// Publishes one job carrying `data` to a worker configured by `tweak`, and returns the kind its
+/// failure marker and its dead letter name (they must agree); no result may be written.
+async fn dead_letter_kind(what: &str, data: Vec<u8>, tweak: impl FnOnce(&mut Config)) -> String {
+    let connection = broker().await.expect("checked by the caller");
+    let queue = unique_queue(what);
+    let dir = TempDir::new(what);
     let channel = publisher(&connection, &queue).await;
-    let worker = start_worker_with(
-        &queue,
-        &dir.0,
-        Limits {
-            max_pixels: 5_000,
-            ..Limits::default()
-        },
-    );
+    let worker = start_worker_with(&queue, &dir.0, tweak);
     let id = JobId::random();
-    let data = fixture_jpeg(120, 80, 5, 30, 90); // 9,600 pixels
     publish(
         &channel,
         &queue,
@@ -338,9 +329,11 @@ async fn the_workers_own_limits_dead_letter_an_image_over_them_as_over_limit() {
     )
     .await;
     let marker = dir.0.join(id.failure_key());
-    assert!(wait_for_file(&marker, Duration::from_secs(30)).await);
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(30)).await,
+        "no marker"
+    );
     let marker: FailureMarker = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
-    assert_eq!(marker.kind, "over_limit", "{marker:?}");
     let dead = format!("{queue}.dead");
     let deadline = Instant::now() + Duration::from_secs(10);
     let message = loop {
@@ -357,7 +350,8 @@ async fn the_workers_own_limits_dead_letter_an_image_over_them_as_over_limit() {
     let headers = message.properties.headers().clone();
     assert_eq!(
         header_str(headers.as_ref(), "x-cloudimg-error-kind").as_deref(),
-        Some("over_limit")
+        Some(marker.kind.as_str()),
+        "{marker:?}"
     );
     assert!(
         !dir.0
@@ -367,4 +361,31 @@ async fn the_workers_own_limits_dead_letter_an_image_over_them_as_over_limit() {
     worker.stop().await;
     assert_eq!(message_count(&connection, &queue).await, 0);
     delete_queues(&connection, &queue).await;
+    marker.kind
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_own_limits_dead_letter_an_image_over_them_as_over_limit() {
+    if broker().await.is_none() {
+        return;
+    }
+    // A worker configured tighter than whoever queued the job (CLOUDIMG_MAX_PIXELS and
+    // CLOUDIMG_MAX_UPLOAD_BYTES apply on both sides): it refuses from the header, permanently.
+    let data = fixture_jpeg(120, 80, 5, 30, 90); // 9,600 pixels
+    let kind = dead_letter_kind("worker-limits", data, |c| c.limits.max_pixels = 5_000).await;
+    assert_eq!(kind, "over_limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_past_the_job_timeout_is_dead_lettered_as_timeout() {
+    if broker().await.is_none() {
+        return;
+    }
+    // 12 megapixels take tens of milliseconds at the engine's best; the timeout is 1 ms.
+    let data = fixture_jpeg(4000, 3000, 6, 30, 90);
+    let kind = dead_letter_kind("worker-timeout", data, |c| {
+        c.job_timeout = Duration::from_millis(1)
+    })
+    .await;
+    assert_eq!(kind, "timeout");
 }
