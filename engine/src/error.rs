@@ -55,6 +55,9 @@ pub enum LimitKind {
     Pixels,
     Width,
     Height,
+    /// Scans (SOS segments) in one JPEG: each progressive scan walks every block again, so a
+    /// small file repeating one scan thousands of times costs minutes of CPU.
+    Scans,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -64,6 +67,7 @@ impl std::fmt::Display for LimitKind {
             LimitKind::Pixels => "pixel count",
             LimitKind::Width => "width",
             LimitKind::Height => "height",
+            LimitKind::Scans => "number of JPEG scans",
         })
     }
 }

@@ -211,7 +211,8 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
                 && options.path == PathChoice::Auto
                 && jpeg::has_luma_coefficients(&frame);
             if coefficients {
-                let output = jpeg::transcode(data, &frame, options.quality, &mut stages)?;
+                let output =
+                    jpeg::transcode(data, &frame, &options.limits, options.quality, &mut stages)?;
                 return Ok(Converted {
                     data: output.data,
                     format: OutputFormat::Jpeg,

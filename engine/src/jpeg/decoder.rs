@@ -12,6 +12,7 @@ use super::bits::{BitReader, ScanData, skip_scan};
 use super::huffman::{DecodeTable, LOOKAHEAD, SKIP_BITS, SKIP_ENDED, extend};
 use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
+use crate::Limits;
 use crate::error::{Error, Result};
 
 /// One 8x8 block of quantized coefficients in zigzag order.
@@ -50,13 +51,22 @@ const MAX_AC: i32 = 1023;
 ///
 /// Requires `frame.coding` to be Huffman sequential or progressive with 8-bit samples, and the
 /// luma component (component 0) to have the largest sampling factors; the caller checks.
-pub(crate) fn decode_luma(data: &[u8], frame: &Frame, sink: &mut impl LumaSink) -> Result<()> {
-    Decoder::new(data, frame).run(sink)
+/// Refuses the scan past `limits.max_scans` before decoding it.
+pub(crate) fn decode_luma(
+    data: &[u8],
+    frame: &Frame,
+    limits: &Limits,
+    sink: &mut impl LumaSink,
+) -> Result<()> {
+    Decoder::new(data, frame, limits).run(sink)
 }
 
 struct Decoder<'a> {
     data: &'a [u8],
     frame: &'a Frame,
+    limits: &'a Limits,
+    /// Scans met so far, for [`Limits::max_scans`].
+    scans: u32,
     quant: [Option<QuantTable>; 4],
     dc: [Option<DecodeTable>; 4],
     ac: [Option<DecodeTable>; 4],
@@ -82,10 +92,12 @@ struct ScanHeader {
 }
 
 impl<'a> Decoder<'a> {
-    fn new(data: &'a [u8], frame: &'a Frame) -> Self {
+    fn new(data: &'a [u8], frame: &'a Frame, limits: &'a Limits) -> Self {
         Decoder {
             data,
             frame,
+            limits,
+            scans: 0,
             quant: [None; 4],
             dc: [None, None, None, None],
             ac: [None, None, None, None],
@@ -108,6 +120,8 @@ impl<'a> Decoder<'a> {
             match segments.next_marker()? {
                 markers::EOI => break,
                 markers::SOS => {
+                    self.scans += 1;
+                    self.limits.check_scans(self.scans)?;
                     let header = self.parse_scan_header(segments.payload()?)?;
                     segments.pos = self.decode_scan(&header, segments.pos, sink)?;
                 }

@@ -43,6 +43,7 @@ pub(crate) fn has_luma_coefficients(frame: &Frame) -> bool {
 pub(crate) fn transcode(
     data: &[u8],
     frame: &Frame,
+    limits: &Limits,
     quality: Quality,
     stages: &mut StageTimes,
 ) -> Result<transcode::Encoded> {
@@ -59,7 +60,7 @@ pub(crate) fn transcode(
         quality,
         capacity,
     );
-    decoder::decode_luma(data, frame, &mut sink)?;
+    decoder::decode_luma(data, frame, limits, &mut sink)?;
     let decode_time = start.elapsed();
     let encode_before = sink.encode_time;
     let finished = sink.finish();
@@ -86,15 +87,17 @@ pub(crate) fn decode_pixels(
         let (blocks_w, blocks_h) = frame.component_blocks(0);
         let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
         stages.time(Stage::Decode, || {
-            decoder::decode_luma(data, frame, &mut sink)
+            decoder::decode_luma(data, frame, limits, &mut sink)
         })?;
         image.luma = sink.finish(width, height);
         return Ok(image);
     }
+    check_scan_count(data, limits)?;
     let max = limits.max_dimension as usize;
     let options = DecoderOptions::default()
         .set_max_width(max)
         .set_max_height(max)
+        .jpeg_set_max_scans(limits.max_scans as usize)
         .set_strict_mode(true)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
@@ -115,6 +118,36 @@ pub(crate) fn decode_pixels(
     Ok(image)
 }
 
+/// Counts the scans of `data` against [`Limits::max_scans`] by walking its markers, without
+/// decoding: for the decoders that do not count as they go (zune-jpeg's error would not say which
+/// limit), and for estimates. Lenient: it stops counting, without an error, wherever the walk
+/// meets something it cannot follow, and leaves judging the file to the decoder.
+pub(crate) fn check_scan_count(data: &[u8], limits: &Limits) -> Result<()> {
+    let Ok(mut segments) = markers::Segments::new(data) else {
+        return Ok(());
+    };
+    let mut scans = 0;
+    while let Ok(marker) = segments.next_marker() {
+        match marker {
+            markers::EOI => break,
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        if segments.payload().is_err() {
+            break;
+        }
+        if marker == markers::SOS {
+            scans += 1;
+            limits.check_scans(scans)?;
+            match bits::skip_scan(data, segments.pos) {
+                Ok(end) => segments.pos = end,
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decodes the luma coefficients and counts the blocks, keeping nothing (for the benches).
 pub(crate) fn count_luma_blocks(data: &[u8], frame: &Frame) -> Result<usize> {
     struct Count(usize);
@@ -128,13 +161,13 @@ pub(crate) fn count_luma_blocks(data: &[u8], frame: &Frame) -> Result<usize> {
         }
     }
     let mut count = Count(0);
-    decoder::decode_luma(data, frame, &mut count)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &mut count)?;
     Ok(count.0)
 }
 
 /// Decodes the luma coefficients into memory (for the benches).
 pub(crate) fn collect_luma(data: &[u8], frame: &Frame) -> Result<Coefficients> {
     let mut sink = Coefficients::new(frame.width, frame.height);
-    decoder::decode_luma(data, frame, &mut sink)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &mut sink)?;
     Ok(sink)
 }
