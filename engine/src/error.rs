@@ -58,6 +58,9 @@ pub enum LimitKind {
     /// Scans (SOS segments) in one JPEG: each progressive scan walks every block again, so a
     /// small file repeating one scan thousands of times costs minutes of CPU.
     Scans,
+    /// Bytes a PNG's compressed ancillary chunks (iCCP, zTXt) inflate to, one chunk or all
+    /// together: a 1x1 image can hold a zlib bomb there.
+    AncillaryChunk,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -68,6 +71,7 @@ impl std::fmt::Display for LimitKind {
             LimitKind::Width => "width",
             LimitKind::Height => "height",
             LimitKind::Scans => "number of JPEG scans",
+            LimitKind::AncillaryChunk => "inflated size of PNG ancillary chunks",
         })
     }
 }

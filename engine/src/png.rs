@@ -1,12 +1,14 @@
 //! PNG sources: zune-png decodes, then every colour type and depth becomes 8-bit luma.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LimitKind, Result};
 use crate::pixels::GrayImage;
 use crate::{Format, Limits, Orientation, luma};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_core::result::DecodingResult;
+use zune_inflate::errors::DecodeErrorStatus;
+use zune_inflate::{DeflateDecoder, DeflateOptions};
 use zune_png::PngDecoder;
 
 /// What the PNG header says, read without decoding pixels.
@@ -36,6 +38,77 @@ fn invalid(e: impl std::fmt::Debug) -> Error {
     Error::invalid(Format::Png, format!("{e:?}"))
 }
 
+/// The chunks after the signature, as type and data, up to IEND or to where the bytes run out
+/// (zune-png reports a truncated file; this walk only looks).
+fn chunks(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    let mut pos = 8usize;
+    std::iter::from_fn(move || {
+        let head = data.get(pos..pos.checked_add(8)?)?;
+        let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let kind: [u8; 4] = head[4..8].try_into().expect("4 bytes");
+        let body = data.get(pos + 8..(pos + 8).checked_add(len)?)?;
+        pos = if &kind == b"IEND" {
+            data.len()
+        } else {
+            pos + 12 + len
+        };
+        Some((kind, body))
+    })
+}
+
+/// The most one compressed ancillary chunk may inflate to.
+const ANCILLARY_CHUNK_MAX: usize = 1 << 20;
+/// The most all of a file's compressed ancillary chunks may inflate to together: what zune-png
+/// then spends inflating them again stays small however many chunks a file holds.
+const ANCILLARY_TOTAL_MAX: usize = 4 << 20;
+
+/// Refuses a PNG whose iCCP or zTXt chunks inflate past [`ANCILLARY_CHUNK_MAX`] each or
+/// [`ANCILLARY_TOTAL_MAX`] together, before zune-png sees the file.
+///
+/// zune-png's `decode_headers` inflates every iCCP and zTXt chunk with zune-inflate's default
+/// limit of 1 GiB per chunk and never reads the decoder's inflate limit, so the pixel limit does
+/// not help: a 1x1 image with 2 MB of deflated zeros in a zTXt cost 4 GB. (It keeps iTXt
+/// compressed and does not inflate it.) The engine uses neither the profile nor the text, so
+/// skipping the chunks would do, but zune-png reads one contiguous buffer: hiding them means
+/// copying the whole file, on every PNG, for what no real image holds. Refusing costs one
+/// bounded inflate per such chunk instead, and a real ICC profile (a few KB for sRGB, a few
+/// hundred for a print profile) or text is far below the bound.
+fn check_ancillary_chunks(data: &[u8]) -> Result<()> {
+    let mut inflated = 0;
+    for (kind, body) in chunks(data) {
+        if !matches!(&kind, b"iCCP" | b"zTXt") {
+            continue;
+        }
+        // What zune-png inflates: the rest after the keyword's NUL (within the first 79 bytes)
+        // and the compression-method byte. Without a NUL it inflates nothing.
+        let Some(nul) = body[..body.len().min(79)].iter().position(|&b| b == 0) else {
+            continue;
+        };
+        let compressed = body.get(nul + 2..).unwrap_or_default();
+        let limit = ANCILLARY_CHUNK_MAX.min(ANCILLARY_TOTAL_MAX - inflated);
+        let options = DeflateOptions::default().set_limit(limit);
+        match DeflateDecoder::new_with_options(compressed, options).decode_zlib() {
+            Ok(text) => inflated += text.len(),
+            Err(e) => {
+                if let DecodeErrorStatus::OutputLimitExceeded(_, found) = e.error {
+                    let (found, max) = if limit == ANCILLARY_CHUNK_MAX {
+                        (found, ANCILLARY_CHUNK_MAX)
+                    } else {
+                        (inflated + found, ANCILLARY_TOTAL_MAX)
+                    };
+                    return Err(Error::OverLimit {
+                        limit: LimitKind::AncillaryChunk,
+                        found: found as u64,
+                        max: max as u64,
+                    });
+                }
+                // zune-png drops a chunk that does not inflate, with a warning; so does this.
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the header and checks the limits before anything is allocated for pixels.
 pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
     // IHDR is the first chunk: signature (8), length (4), "IHDR" (4), width (4), height (4).
@@ -58,6 +131,7 @@ pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
         ));
     }
     limits.check_dimensions(width, height)?;
+    check_ancillary_chunks(data)?;
     let mut decoder = PngDecoder::new_with_options(ZCursor::new(data), options(limits));
     decoder.decode_headers().map_err(invalid)?;
     let orientation = decoder
