@@ -11,11 +11,20 @@ use zune_inflate::errors::DecodeErrorStatus;
 use zune_inflate::{DeflateDecoder, DeflateOptions};
 use zune_png::PngDecoder;
 
-/// What the PNG header says, read without decoding pixels.
+/// What the PNG's chunks say, read without decoding pixels.
 pub(crate) struct PngHeader {
     pub width: u32,
     pub height: u32,
     pub orientation: Orientation,
+    /// Bytes per decoded sample: 2 at 16 bits, 1 otherwise (lower depths are expanded).
+    pub sample_bytes: usize,
+    /// Channels as stored (a palette index is one) and as zune-png decodes them (a palette
+    /// becomes RGB, tRNS adds alpha).
+    pub stored_channels: usize,
+    pub decoded_channels: usize,
+    pub interlaced: bool,
+    /// The compressed pixel data, all IDAT chunks together.
+    pub idat_bytes: usize,
 }
 
 fn options(limits: &Limits) -> DecoderOptions {
@@ -109,14 +118,13 @@ fn check_ancillary_chunks(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads the header and checks the limits before anything is allocated for pixels.
-pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
-    // IHDR is the first chunk: signature (8), length (4), "IHDR" (4), width (4), height (4).
-    let (width, height) = match data.get(8..24) {
-        Some(h) if &h[4..8] == b"IHDR" => (
-            u32::from_be_bytes(h[8..12].try_into().expect("4 bytes")),
-            u32::from_be_bytes(h[12..16].try_into().expect("4 bytes")),
-        ),
+/// Reads the header from the chunks and checks the limits, allocating nothing for pixels (and
+/// at most the bounded inflate of [`check_ancillary_chunks`]).
+pub(crate) fn read_layout(data: &[u8], limits: &Limits) -> Result<PngHeader> {
+    // IHDR is the first chunk: signature (8), length (4), "IHDR" (4), then width, height (4
+    // each), depth, colour type, compression, filter and interlace method (1 each).
+    let ihdr = match data.get(8..29) {
+        Some(h) if &h[4..8] == b"IHDR" => &h[8..],
         _ => {
             return Err(Error::invalid(
                 Format::Png,
@@ -124,6 +132,8 @@ pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
             ));
         }
     };
+    let width = u32::from_be_bytes(ihdr[..4].try_into().expect("4 bytes"));
+    let height = u32::from_be_bytes(ihdr[4..8].try_into().expect("4 bytes"));
     if width == 0 || height == 0 {
         return Err(Error::invalid(
             Format::Png,
@@ -132,17 +142,50 @@ pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
     }
     limits.check_dimensions(width, height)?;
     check_ancillary_chunks(data)?;
-    let mut decoder = PngDecoder::new_with_options(ZCursor::new(data), options(limits));
-    decoder.decode_headers().map_err(invalid)?;
-    let orientation = decoder
-        .info()
-        .and_then(|info| info.exif.as_deref())
-        .map_or(Orientation::NORMAL, Orientation::from_exif);
+    let (depth, color, interlace) = (ihdr[8], ihdr[9], ihdr[12]);
+    let (mut orientation, mut transparency, mut idat_bytes) = (Orientation::NORMAL, false, 0);
+    for (kind, body) in chunks(data) {
+        match &kind {
+            b"tRNS" => transparency = true,
+            b"IDAT" => idat_bytes += body.len(),
+            // As zune-png: the last eXIf that starts as TIFF does.
+            b"eXIf" if body.starts_with(b"II*\0") || body.starts_with(b"MM\0*") => {
+                orientation = Orientation::from_exif(body);
+            }
+            _ => {}
+        }
+    }
+    let stored_channels = match color {
+        2 => 3,
+        4 => 2,
+        6 => 4,
+        _ => 1, // gray and palette; an unknown colour type is zune-png's to refuse
+    };
+    let decoded_channels = match (color, transparency) {
+        (0, false) => 1,
+        (0, true) | (4, _) => 2,
+        (2 | 3, false) => 3,
+        _ => 4,
+    };
     Ok(PngHeader {
         width,
         height,
         orientation,
+        sample_bytes: if depth == 16 { 2 } else { 1 },
+        stored_channels,
+        decoded_channels,
+        interlaced: interlace != 0,
+        idat_bytes,
     })
+}
+
+/// [`read_layout`], and zune-png's reading of every chunk before the pixels, so that a file it
+/// would refuse is refused here.
+pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
+    let header = read_layout(data, limits)?;
+    let mut decoder = PngDecoder::new_with_options(ZCursor::new(data), options(limits));
+    decoder.decode_headers().map_err(invalid)?;
+    Ok(header)
 }
 
 /// Decodes to 8-bit luma (and alpha, unless `flatten_alpha` composites it over white).
@@ -181,27 +224,37 @@ pub(crate) fn decode(data: &[u8], limits: &Limits, flatten_alpha: bool) -> Resul
             ),
         ));
     }
-    let mut image = GrayImage::new(width, height);
-    match colorspace {
-        ColorSpace::Luma => image.luma = samples,
+    // Each plane is allocated as it is filled: never a zeroed one that is then replaced.
+    let plane = |f: &dyn Fn(&[u8], &mut [u8])| {
+        let mut out = vec![0; width * height];
+        f(&samples, &mut out);
+        out
+    };
+    let (luma, alpha) = match colorspace {
+        ColorSpace::Luma => (samples, None),
         ColorSpace::LumaA => {
             let pairs = samples.chunks_exact(2);
             if flatten_alpha {
-                image.luma = pairs.map(|p| luma::over_white(p[0], p[1])).collect();
+                (pairs.map(|p| luma::over_white(p[0], p[1])).collect(), None)
             } else {
-                (image.luma, image.alpha) = (
+                (
                     pairs.clone().map(|p| p[0]).collect(),
                     Some(pairs.map(|p| p[1]).collect()),
-                );
+                )
             }
         }
-        ColorSpace::RGB => luma::rgb(&samples, &mut image.luma),
-        ColorSpace::RGBA if flatten_alpha => luma::rgba_over_white(&samples, &mut image.luma),
-        ColorSpace::RGBA => {
-            luma::rgba(&samples, &mut image.luma);
-            image.alpha = Some(samples.chunks_exact(4).map(|p| p[3]).collect());
-        }
+        ColorSpace::RGB => (plane(&luma::rgb), None),
+        ColorSpace::RGBA if flatten_alpha => (plane(&luma::rgba_over_white), None),
+        ColorSpace::RGBA => (
+            plane(&luma::rgba),
+            Some(samples.chunks_exact(4).map(|p| p[3]).collect()),
+        ),
         other => return Err(Error::unsupported(format!("PNG colour space {other:?}"))),
-    }
-    Ok(image)
+    };
+    Ok(GrayImage {
+        width,
+        height,
+        luma,
+        alpha,
+    })
 }

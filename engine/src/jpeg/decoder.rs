@@ -113,7 +113,7 @@ impl<'a> Decoder<'a> {
     fn run(mut self, sink: &mut impl LumaSink) -> Result<()> {
         let mut segments = Segments::new(self.data)?;
         if self.frame.coding == Coding::Progressive {
-            let (w, h) = self.padded_luma_blocks();
+            let (w, h) = self.frame.padded_luma_blocks();
             self.plane = vec![Block::ZERO; w * h];
         }
         loop {
@@ -165,13 +165,6 @@ impl<'a> Decoder<'a> {
             self.emit_plane(sink)?;
         }
         Ok(())
-    }
-
-    /// The luma plane's size in blocks, padded to whole MCUs.
-    fn padded_luma_blocks(&self) -> (usize, usize) {
-        let (mx, my) = self.frame.mcus();
-        let luma = &self.frame.components[0];
-        (mx * usize::from(luma.h), my * usize::from(luma.v))
     }
 
     fn parse_scan_header(&mut self, p: &[u8]) -> Result<ScanHeader> {
@@ -424,7 +417,7 @@ impl<'a> Decoder<'a> {
             self.luma_seen = true;
         }
         let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
-        let (stride, _) = self.padded_luma_blocks();
+        let (stride, _) = self.frame.padded_luma_blocks();
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut eob_run = 0u32;
@@ -483,7 +476,7 @@ impl<'a> Decoder<'a> {
     /// Progressive: all scans are in; hand the plane to the sink row by row. (The scans kept
     /// each block's nonzero mask as they went: a coefficient, once nonzero, stays nonzero.)
     fn emit_plane(&mut self, sink: &mut impl LumaSink) -> Result<()> {
-        let (stride, _) = self.padded_luma_blocks();
+        let (stride, _) = self.frame.padded_luma_blocks();
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
         for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
             let row = &mut row[..blocks_w];

@@ -26,7 +26,21 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 pub(crate) use markers::read_frame;
-pub(crate) use transcode::{Coefficients, encode_plane};
+pub(crate) use transcode::{Coefficients, encode_capacity, encode_plane, luma_blocks};
+
+/// The bytes of one decoded luma block, as the decoder and the transcoder keep them.
+pub(crate) const BLOCK_BYTES: usize = size_of::<decoder::Block>();
+
+/// The output buffer the coefficient path starts with (it grows by doubling past it).
+pub(crate) fn transcode_capacity(input_len: usize) -> usize {
+    input_len / 2 + 1024
+}
+
+/// Whether the coefficient path turns this frame upright in the DCT domain (keeping every block
+/// until the end) rather than carrying its orientation tag.
+pub(crate) fn turns_upright(frame: &Frame) -> bool {
+    rotate::Upright::new(frame.orientation, frame.width, frame.height).is_some()
+}
 
 /// Whether the first component's coefficients are the image's luma at full resolution: gray or
 /// YCbCr, with luma sampled at least as densely as any other component.
@@ -52,7 +66,7 @@ pub(crate) fn transcode(
         Quality::Level(q) => Some(q),
         Quality::Source => None,
     };
-    let capacity = data.len() / 2 + 1024;
+    let capacity = transcode_capacity(data.len());
     let mut sink = transcode::Transcoder::new(
         frame.width,
         frame.height,
@@ -82,15 +96,18 @@ pub(crate) fn decode_pixels(
     stages: &mut StageTimes,
 ) -> Result<GrayImage> {
     let (width, height) = (frame.width as usize, frame.height as usize);
-    let mut image = GrayImage::new(width, height);
     if has_luma_coefficients(frame) {
         let (blocks_w, blocks_h) = frame.component_blocks(0);
         let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
         stages.time(Stage::Decode, || {
             decoder::decode_luma(data, frame, limits, &mut sink)
         })?;
-        image.luma = sink.finish(width, height);
-        return Ok(image);
+        return Ok(GrayImage {
+            width,
+            height,
+            luma: sink.finish(width, height),
+            alpha: None,
+        });
     }
     check_scan_count(data, limits)?;
     let max = limits.max_dimension as usize;
@@ -114,6 +131,8 @@ pub(crate) fn decode_pixels(
             ),
         ));
     }
+    // Allocated only now: the luma plane need not be live through zune-jpeg's own peak.
+    let mut image = GrayImage::new(width, height);
     stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
     Ok(image)
 }
