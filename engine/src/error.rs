@@ -55,6 +55,12 @@ pub enum LimitKind {
     Pixels,
     Width,
     Height,
+    /// Scans (SOS segments) in one JPEG: each progressive scan walks every block again, so a
+    /// small file repeating one scan thousands of times costs minutes of CPU.
+    Scans,
+    /// Bytes a PNG's compressed ancillary chunks (iCCP, zTXt) inflate to, one chunk or all
+    /// together: a 1x1 image can hold a zlib bomb there.
+    AncillaryChunk,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -64,6 +70,8 @@ impl std::fmt::Display for LimitKind {
             LimitKind::Pixels => "pixel count",
             LimitKind::Width => "width",
             LimitKind::Height => "height",
+            LimitKind::Scans => "number of JPEG scans",
+            LimitKind::AncillaryChunk => "inflated size of PNG ancillary chunks",
         })
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod batch;
 mod error;
+mod estimate;
 mod jpeg;
 mod luma;
 mod options;
@@ -31,6 +32,7 @@ pub mod stages;
 use std::time::{Duration, Instant};
 
 pub use error::{Error, ErrorKind, LimitKind, Result};
+pub use estimate::{Estimate, estimate};
 pub use luma::SimdPath;
 pub use options::{Limits, Options, OutputFormat, PathChoice, Quality};
 pub use orientation::Orientation;
@@ -166,10 +168,20 @@ pub fn simd_path() -> SimdPath {
 /// The parsed header of either format.
 enum Header {
     Jpeg(jpeg::markers::Frame),
-    Png,
+    Png(png::PngHeader),
 }
 
 fn read_header(data: &[u8], limits: &Limits) -> Result<(ImageInfo, Header)> {
+    read_header_with(data, limits, png::read_header)
+}
+
+/// [`read_header`] with the PNG reader to use: [`png::read_layout`] reads the chunks without
+/// handing the file to zune-png (which copies the compressed pixel data as it reads).
+fn read_header_with(
+    data: &[u8],
+    limits: &Limits,
+    read_png: fn(&[u8], &Limits) -> Result<png::PngHeader>,
+) -> Result<(ImageInfo, Header)> {
     limits.check_input_len(data.len())?;
     match sniff(data)? {
         Format::Jpeg => {
@@ -183,14 +195,14 @@ fn read_header(data: &[u8], limits: &Limits) -> Result<(ImageInfo, Header)> {
             Ok((info, Header::Jpeg(frame)))
         }
         Format::Png => {
-            let header = png::read_header(data, limits)?;
+            let header = read_png(data, limits)?;
             let info = ImageInfo {
                 format: Format::Png,
                 width: header.width,
                 height: header.height,
                 orientation: header.orientation,
             };
-            Ok((info, Header::Png))
+            Ok((info, Header::Png(header)))
         }
     }
 }
@@ -207,11 +219,9 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
     let mut stages = StageTimes::default();
     let image = match header {
         Header::Jpeg(frame) => {
-            let coefficients = options.format == OutputFormat::Jpeg
-                && options.path == PathChoice::Auto
-                && jpeg::has_luma_coefficients(&frame);
-            if coefficients {
-                let output = jpeg::transcode(data, &frame, options.quality, &mut stages)?;
+            if takes_coefficients(&frame, options) {
+                let output =
+                    jpeg::transcode(data, &frame, &options.limits, options.quality, &mut stages)?;
                 return Ok(Converted {
                     data: output.data,
                     format: OutputFormat::Jpeg,
@@ -225,7 +235,7 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
             }
             jpeg::decode_pixels(data, &frame, &options.limits, &mut stages)?
         }
-        Header::Png => {
+        Header::Png(_) => {
             let flatten_alpha = options.format == OutputFormat::Jpeg;
             stages.time(Stage::Decode, || {
                 png::decode(data, &options.limits, flatten_alpha)
@@ -233,6 +243,13 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
         }
     };
     encode_pixels(image, source, options, stages)
+}
+
+/// Whether a JPEG takes the coefficient path.
+fn takes_coefficients(frame: &jpeg::markers::Frame, options: &Options) -> bool {
+    options.format == OutputFormat::Jpeg
+        && options.path == PathChoice::Auto
+        && jpeg::has_luma_coefficients(frame)
 }
 
 fn encode_pixels(

@@ -115,6 +115,10 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Largest width or height. Default: 65,535 (the largest a JPEG can hold).
     pub max_dimension: u32,
+    /// Most scans (SOS segments) one JPEG may hold. Default: 100, zune-jpeg's own cap. A
+    /// progressive photo has about 10; each scan walks the whole image again, so without a cap a
+    /// small upload repeating one scan thousands of times buys minutes of CPU.
+    pub max_scans: u32,
 }
 
 impl Default for Limits {
@@ -123,6 +127,7 @@ impl Default for Limits {
             max_input_bytes: 100 << 20,
             max_pixels: 100_000_000,
             max_dimension: 65_535,
+            max_scans: 100,
         }
     }
 }
@@ -140,6 +145,11 @@ impl Limits {
             u64::from(width) * u64::from(height),
             self.max_pixels,
         )
+    }
+
+    /// Called as each scan is met, with the number met so far (this one included).
+    pub(crate) fn check_scans(&self, scans: u32) -> Result<()> {
+        check(LimitKind::Scans, scans.into(), self.max_scans.into())
     }
 }
 

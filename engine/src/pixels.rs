@@ -48,12 +48,10 @@ impl GrayImage {
             }
             Some(alpha) => {
                 colorspace = ColorSpace::LumaA;
-                interleaved = self
-                    .luma
-                    .iter()
-                    .zip(alpha)
-                    .flat_map(|(&y, &a)| [y, a])
-                    .collect();
+                // Sized up front: collecting a `flat_map` would double its way there.
+                let mut pairs = Vec::with_capacity(2 * self.luma.len());
+                pairs.extend(self.luma.iter().zip(alpha).flat_map(|(&y, &a)| [y, a]));
+                interleaved = pairs;
                 &interleaved
             }
         };

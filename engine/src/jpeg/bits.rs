@@ -227,9 +227,7 @@ impl BitWriter {
     #[inline(always)]
     pub fn cursor(&mut self) -> BitCursor<'_> {
         if self.buf.len() - self.pos < BLOCK_BYTES {
-            // Grow by half (at least 64 KiB): zeroing is paid once per output byte.
-            let grown = self.buf.len() + (self.buf.len() / 2).max(64 << 10);
-            self.buf.resize(grown, 0);
+            self.grow();
         }
         BitCursor {
             buf: &mut self.buf[..],
@@ -237,6 +235,21 @@ impl BitWriter {
             acc: self.acc,
             count: self.count,
         }
+    }
+
+    /// Makes room: by half (at least 64 KiB; zeroing is paid once per output byte), but never
+    /// past the capacity while that has room for a block, so the buffer reallocates only when
+    /// the output fills it and its capacity simply doubles (which `estimate` counts on).
+    #[cold]
+    fn grow(&mut self) {
+        let wanted = self.buf.len() + (self.buf.len() / 2).max(64 << 10);
+        let capacity = self.buf.capacity();
+        let grown = if capacity - self.buf.len() >= BLOCK_BYTES {
+            wanted.min(capacity)
+        } else {
+            wanted
+        };
+        self.buf.resize(grown, 0);
     }
 
     /// Takes back a cursor's position and pending bits.

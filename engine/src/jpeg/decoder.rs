@@ -12,6 +12,7 @@ use super::bits::{BitReader, ScanData, skip_scan};
 use super::huffman::{DecodeTable, LOOKAHEAD, SKIP_BITS, SKIP_ENDED, extend};
 use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
+use crate::Limits;
 use crate::error::{Error, Result};
 
 /// One 8x8 block of quantized coefficients in zigzag order.
@@ -50,13 +51,22 @@ const MAX_AC: i32 = 1023;
 ///
 /// Requires `frame.coding` to be Huffman sequential or progressive with 8-bit samples, and the
 /// luma component (component 0) to have the largest sampling factors; the caller checks.
-pub(crate) fn decode_luma(data: &[u8], frame: &Frame, sink: &mut impl LumaSink) -> Result<()> {
-    Decoder::new(data, frame).run(sink)
+/// Refuses the scan past `limits.max_scans` before decoding it.
+pub(crate) fn decode_luma(
+    data: &[u8],
+    frame: &Frame,
+    limits: &Limits,
+    sink: &mut impl LumaSink,
+) -> Result<()> {
+    Decoder::new(data, frame, limits).run(sink)
 }
 
 struct Decoder<'a> {
     data: &'a [u8],
     frame: &'a Frame,
+    limits: &'a Limits,
+    /// Scans met so far, for [`Limits::max_scans`].
+    scans: u32,
     quant: [Option<QuantTable>; 4],
     dc: [Option<DecodeTable>; 4],
     ac: [Option<DecodeTable>; 4],
@@ -82,10 +92,12 @@ struct ScanHeader {
 }
 
 impl<'a> Decoder<'a> {
-    fn new(data: &'a [u8], frame: &'a Frame) -> Self {
+    fn new(data: &'a [u8], frame: &'a Frame, limits: &'a Limits) -> Self {
         Decoder {
             data,
             frame,
+            limits,
+            scans: 0,
             quant: [None; 4],
             dc: [None, None, None, None],
             ac: [None, None, None, None],
@@ -101,13 +113,15 @@ impl<'a> Decoder<'a> {
     fn run(mut self, sink: &mut impl LumaSink) -> Result<()> {
         let mut segments = Segments::new(self.data)?;
         if self.frame.coding == Coding::Progressive {
-            let (w, h) = self.padded_luma_blocks();
+            let (w, h) = self.frame.padded_luma_blocks();
             self.plane = vec![Block::ZERO; w * h];
         }
         loop {
             match segments.next_marker()? {
                 markers::EOI => break,
                 markers::SOS => {
+                    self.scans += 1;
+                    self.limits.check_scans(self.scans)?;
                     let header = self.parse_scan_header(segments.payload()?)?;
                     segments.pos = self.decode_scan(&header, segments.pos, sink)?;
                 }
@@ -151,13 +165,6 @@ impl<'a> Decoder<'a> {
             self.emit_plane(sink)?;
         }
         Ok(())
-    }
-
-    /// The luma plane's size in blocks, padded to whole MCUs.
-    fn padded_luma_blocks(&self) -> (usize, usize) {
-        let (mx, my) = self.frame.mcus();
-        let luma = &self.frame.components[0];
-        (mx * usize::from(luma.h), my * usize::from(luma.v))
     }
 
     fn parse_scan_header(&mut self, p: &[u8]) -> Result<ScanHeader> {
@@ -410,7 +417,7 @@ impl<'a> Decoder<'a> {
             self.luma_seen = true;
         }
         let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
-        let (stride, _) = self.padded_luma_blocks();
+        let (stride, _) = self.frame.padded_luma_blocks();
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut eob_run = 0u32;
@@ -469,7 +476,7 @@ impl<'a> Decoder<'a> {
     /// Progressive: all scans are in; hand the plane to the sink row by row. (The scans kept
     /// each block's nonzero mask as they went: a coefficient, once nonzero, stays nonzero.)
     fn emit_plane(&mut self, sink: &mut impl LumaSink) -> Result<()> {
-        let (stride, _) = self.padded_luma_blocks();
+        let (stride, _) = self.frame.padded_luma_blocks();
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
         for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
             let row = &mut row[..blocks_w];

@@ -59,6 +59,9 @@ pub(crate) struct Frame {
     pub components: Vec<Component>,
     pub color: ColorKind,
     pub orientation: Orientation,
+    /// MCUs per restart interval as a DRI before the first scan sets it (0: none), for the
+    /// memory estimate; the decoder follows every DRI as it comes.
+    pub restart_interval: u16,
 }
 
 impl Frame {
@@ -77,6 +80,13 @@ impl Frame {
             (self.width as usize).div_ceil(mw),
             (self.height as usize).div_ceil(mh),
         )
+    }
+
+    /// The luma plane's size in blocks, padded to whole MCUs.
+    pub fn padded_luma_blocks(&self) -> (usize, usize) {
+        let (mx, my) = self.mcus();
+        let luma = &self.components[0];
+        (mx * usize::from(luma.h), my * usize::from(luma.v))
     }
 
     /// Blocks across and down that hold component `c`'s samples (without MCU padding).
@@ -164,6 +174,7 @@ impl<'a> Segments<'a> {
 pub(crate) fn read_frame(data: &[u8], limits: &Limits) -> Result<Frame> {
     let mut segments = Segments::new(data)?;
     let (mut sof, mut jfif, mut adobe, mut orientation) = (None, false, None, None);
+    let mut restart_interval = 0;
     loop {
         let marker = segments.next_marker()?;
         match marker {
@@ -200,6 +211,9 @@ pub(crate) fn read_frame(data: &[u8], limits: &Limits) -> Result<Frame> {
             APP14 if payload.starts_with(b"Adobe") && payload.len() >= 12 => {
                 adobe = Some(payload[11])
             }
+            DRI if payload.len() >= 2 => {
+                restart_interval = u16::from_be_bytes([payload[0], payload[1]]);
+            }
             _ => {}
         }
     }
@@ -207,6 +221,7 @@ pub(crate) fn read_frame(data: &[u8], limits: &Limits) -> Result<Frame> {
         sof.ok_or_else(|| invalid("a scan (SOS) comes before any frame header (SOF)"))?;
     let mut frame = parse_sof(marker, sof, limits)?;
     frame.orientation = orientation.unwrap_or_default();
+    frame.restart_interval = restart_interval;
     frame.color = color_kind(&frame.components, jfif, adobe)?;
     Ok(frame)
 }
@@ -285,6 +300,7 @@ fn parse_sof(marker: u8, p: &[u8], limits: &Limits) -> Result<Frame> {
         components,
         color: ColorKind::Gray,
         orientation: Orientation::NORMAL,
+        restart_interval: 0,
     })
 }
 

@@ -26,7 +26,21 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 pub(crate) use markers::read_frame;
-pub(crate) use transcode::{Coefficients, encode_plane};
+pub(crate) use transcode::{Coefficients, encode_capacity, encode_plane, luma_blocks};
+
+/// The bytes of one decoded luma block, as the decoder and the transcoder keep them.
+pub(crate) const BLOCK_BYTES: usize = size_of::<decoder::Block>();
+
+/// The output buffer the coefficient path starts with (it grows by doubling past it).
+pub(crate) fn transcode_capacity(input_len: usize) -> usize {
+    input_len / 2 + 1024
+}
+
+/// Whether the coefficient path turns this frame upright in the DCT domain (keeping every block
+/// until the end) rather than carrying its orientation tag.
+pub(crate) fn turns_upright(frame: &Frame) -> bool {
+    rotate::Upright::new(frame.orientation, frame.width, frame.height).is_some()
+}
 
 /// Whether the first component's coefficients are the image's luma at full resolution: gray or
 /// YCbCr, with luma sampled at least as densely as any other component.
@@ -43,6 +57,7 @@ pub(crate) fn has_luma_coefficients(frame: &Frame) -> bool {
 pub(crate) fn transcode(
     data: &[u8],
     frame: &Frame,
+    limits: &Limits,
     quality: Quality,
     stages: &mut StageTimes,
 ) -> Result<transcode::Encoded> {
@@ -51,7 +66,7 @@ pub(crate) fn transcode(
         Quality::Level(q) => Some(q),
         Quality::Source => None,
     };
-    let capacity = data.len() / 2 + 1024;
+    let capacity = transcode_capacity(data.len());
     let mut sink = transcode::Transcoder::new(
         frame.width,
         frame.height,
@@ -59,7 +74,7 @@ pub(crate) fn transcode(
         quality,
         capacity,
     );
-    decoder::decode_luma(data, frame, &mut sink)?;
+    decoder::decode_luma(data, frame, limits, &mut sink)?;
     let decode_time = start.elapsed();
     let encode_before = sink.encode_time;
     let finished = sink.finish();
@@ -81,20 +96,25 @@ pub(crate) fn decode_pixels(
     stages: &mut StageTimes,
 ) -> Result<GrayImage> {
     let (width, height) = (frame.width as usize, frame.height as usize);
-    let mut image = GrayImage::new(width, height);
     if has_luma_coefficients(frame) {
         let (blocks_w, blocks_h) = frame.component_blocks(0);
         let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
         stages.time(Stage::Decode, || {
-            decoder::decode_luma(data, frame, &mut sink)
+            decoder::decode_luma(data, frame, limits, &mut sink)
         })?;
-        image.luma = sink.finish(width, height);
-        return Ok(image);
+        return Ok(GrayImage {
+            width,
+            height,
+            luma: sink.finish(width, height),
+            alpha: None,
+        });
     }
+    check_scan_count(data, limits)?;
     let max = limits.max_dimension as usize;
     let options = DecoderOptions::default()
         .set_max_width(max)
         .set_max_height(max)
+        .jpeg_set_max_scans(limits.max_scans as usize)
         .set_strict_mode(true)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
@@ -111,8 +131,40 @@ pub(crate) fn decode_pixels(
             ),
         ));
     }
+    // Allocated only now: the luma plane need not be live through zune-jpeg's own peak.
+    let mut image = GrayImage::new(width, height);
     stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
     Ok(image)
+}
+
+/// Counts the scans of `data` against [`Limits::max_scans`] by walking its markers, without
+/// decoding: for the decoders that do not count as they go (zune-jpeg's error would not say which
+/// limit), and for estimates. Lenient: it stops counting, without an error, wherever the walk
+/// meets something it cannot follow, and leaves judging the file to the decoder.
+pub(crate) fn check_scan_count(data: &[u8], limits: &Limits) -> Result<()> {
+    let Ok(mut segments) = markers::Segments::new(data) else {
+        return Ok(());
+    };
+    let mut scans = 0;
+    while let Ok(marker) = segments.next_marker() {
+        match marker {
+            markers::EOI => break,
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        if segments.payload().is_err() {
+            break;
+        }
+        if marker == markers::SOS {
+            scans += 1;
+            limits.check_scans(scans)?;
+            match bits::skip_scan(data, segments.pos) {
+                Ok(end) => segments.pos = end,
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the luma coefficients and counts the blocks, keeping nothing (for the benches).
@@ -128,13 +180,13 @@ pub(crate) fn count_luma_blocks(data: &[u8], frame: &Frame) -> Result<usize> {
         }
     }
     let mut count = Count(0);
-    decoder::decode_luma(data, frame, &mut count)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &mut count)?;
     Ok(count.0)
 }
 
 /// Decodes the luma coefficients into memory (for the benches).
 pub(crate) fn collect_luma(data: &[u8], frame: &Frame) -> Result<Coefficients> {
     let mut sink = Coefficients::new(frame.width, frame.height);
-    decoder::decode_luma(data, frame, &mut sink)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &mut sink)?;
     Ok(sink)
 }

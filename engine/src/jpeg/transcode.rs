@@ -12,6 +12,11 @@ use super::tables::{QuantTable, luminance_table};
 use crate::Orientation;
 use crate::error::Result;
 
+/// The luma blocks of a `width` x `height` image whose luma is sampled at full resolution.
+pub(crate) fn luma_blocks(width: u32, height: u32) -> usize {
+    (width as usize).div_ceil(8) * (height as usize).div_ceil(8)
+}
+
 /// An encoded output and what it is.
 pub(crate) struct Encoded {
     pub data: Vec<u8>,
@@ -48,15 +53,22 @@ impl Transcoder {
         quality: Option<u8>,
         capacity: usize,
     ) -> Self {
+        let upright = Upright::new(orientation, width, height);
+        // Turning upright keeps every block: one allocation of the known size, not a doubling
+        // vector (up to twice that), so that `estimate` can count it.
+        let plane = match upright {
+            Some(_) => Vec::with_capacity(luma_blocks(width, height)),
+            None => Vec::new(),
+        };
         Transcoder {
             width,
             height,
             orientation,
-            upright: Upright::new(orientation, width, height),
+            upright,
             quality,
             capacity,
             output: None,
-            plane: Vec::new(),
+            plane,
             blocks_w: 0,
             encode_time: Duration::ZERO,
         }
@@ -203,12 +215,12 @@ impl PlaneBuilder {
             plane.truncate(width * height);
             return plane;
         }
-        self.plane
-            .chunks_exact(self.stride)
-            .take(height)
-            .flat_map(|line| &line[..width])
-            .copied()
-            .collect()
+        // Sized up front: collecting a `flat_map` would double its way there.
+        let mut cropped = Vec::with_capacity(width * height);
+        for line in self.plane.chunks_exact(self.stride).take(height) {
+            cropped.extend_from_slice(&line[..width]);
+        }
+        cropped
     }
 }
 
@@ -233,6 +245,12 @@ impl LumaSink for PlaneBuilder {
     }
 }
 
+/// The output buffer the pixel path's encoder starts with for a plane of `pixels` (it grows by
+/// doubling past it).
+pub(crate) fn encode_capacity(pixels: usize) -> usize {
+    pixels / 6 + 1024
+}
+
 /// Encodes a `width` x `height` luma plane (upright) as a one-channel JPEG at `quality`: forward DCT,
 /// quantization, and the same entropy coder as the coefficient path. Partial blocks at the
 /// right and bottom edges repeat the last column and row, as libjpeg does.
@@ -249,7 +267,7 @@ pub(crate) fn encode_plane(
         height as u32,
         &table,
         Orientation::NORMAL,
-        plane.len() / 6 + 1024,
+        encode_capacity(plane.len()),
     )?;
     let mut samples = [0u8; 64];
     let mut block = Block::ZERO;

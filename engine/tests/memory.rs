@@ -1,0 +1,186 @@
+//! `estimate` against what conversions really take: a counting allocator measures the peak heap
+//! of converting every corpus file, by every path, and each must fall within
+//! `measured <= estimate <= 2 x measured + 1 MiB`.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use cloudimg_engine::{Options, OutputFormat, PathChoice, convert, estimate};
+use support::fixtures::{self, JpegSpec};
+
+/// Counts this thread's live heap bytes and their peak. The conversions run on the test's own
+/// thread (the engine's `convert` never spawns), and each test thread counts only its own.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<u64> = const { Cell::new(0) };
+    static PEAK: Cell<u64> = const { Cell::new(0) };
+}
+
+fn grew(bytes: usize) {
+    let _ = LIVE.try_with(|live| {
+        live.set(live.get() + bytes as u64);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+    });
+}
+
+fn shrank(bytes: usize) {
+    let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(bytes as u64)));
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; the bookkeeping touches only
+// const-initialised thread-local cells, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        grew(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        grew(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        shrank(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Counted as the change in size: the allocator moves a large block by remapping its
+        // pages, never holding both copies.
+        if new_size >= layout.size() {
+            grew(new_size - layout.size());
+        } else {
+            shrank(layout.size() - new_size);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result with the peak of this thread's heap above where it started.
+fn peak_during<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    (out, PEAK.with(Cell::get) - base)
+}
+
+const MIB: u64 = 1 << 20;
+
+struct Row {
+    file: String,
+    how: &'static str,
+    measured: u64,
+    estimate: u64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.estimate as f64 / self.measured.max(1) as f64
+    }
+
+    fn within(&self) -> bool {
+        self.measured <= self.estimate && self.estimate <= 2 * self.measured + MIB
+    }
+}
+
+#[test]
+fn every_corpus_conversion_peaks_within_its_estimate() {
+    let Some(root) = support::corpus() else {
+        return;
+    };
+    let ways: [(&str, Options); 3] = [
+        ("default", Options::default()),
+        (
+            "pixels",
+            Options {
+                path: PathChoice::Pixels,
+                ..Options::default()
+            },
+        ),
+        (
+            "png",
+            Options {
+                format: OutputFormat::Png,
+                ..Options::default()
+            },
+        ),
+    ];
+    let mut rows = Vec::new();
+    for entry in support::manifest(&root) {
+        let data = std::fs::read(root.join(&entry.path)).expect("read a corpus file");
+        for (how, options) in &ways {
+            let (converted, measured) = peak_during(|| convert(&data, options));
+            let Ok(converted) = converted else {
+                continue;
+            };
+            let estimate = estimate(&data, options)
+                .unwrap_or_else(|e| panic!("{}: converts, yet no estimate: {e}", entry.path));
+            assert_eq!(estimate.path, converted.path, "{} ({how})", entry.path);
+            rows.push(Row {
+                file: entry.path.clone(),
+                how,
+                measured,
+                estimate: estimate.peak_bytes,
+            });
+        }
+    }
+    assert!(rows.len() > 100, "only {} conversions", rows.len());
+    rows.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let show = |row: &Row| {
+        println!(
+            "{:>6.2}  measured {:>11}  estimate {:>11}  {} ({})",
+            row.ratio(),
+            row.measured,
+            row.estimate,
+            row.file,
+            row.how
+        );
+    };
+    println!("lowest estimate / measured:");
+    rows.iter().take(12).for_each(show);
+    println!("highest estimate / measured (files over 1 MiB):");
+    rows.iter()
+        .filter(|r| r.measured > MIB)
+        .rev()
+        .take(12)
+        .for_each(show);
+    let outside: Vec<&Row> = rows.iter().filter(|r| !r.within()).collect();
+    println!(
+        "{} conversions, {} outside the bounds:",
+        rows.len(),
+        outside.len()
+    );
+    outside.iter().for_each(|r| show(r));
+    assert!(outside.is_empty(), "{} conversions outside", outside.len());
+}
+
+#[test]
+fn a_declared_ten_thousand_square_progressive_jpeg_is_estimated_without_its_plane() {
+    let mut jpeg = fixtures::jpeg(JpegSpec {
+        progressive: true,
+        ..JpegSpec::default()
+    });
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC2])
+        .expect("SOF2");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&10_000u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&10_000u16.to_be_bytes());
+    let (estimate, peak) = peak_during(|| estimate(&jpeg, &Options::default()));
+    let estimate = estimate.expect("estimates");
+    // 1,250 x 1,250 blocks of 136 bytes: the plane alone is 212 MB.
+    let plane = 1250 * 1250 * 136;
+    assert!(estimate.peak_bytes > plane, "{}", estimate.peak_bytes);
+    assert!(peak < 64 << 10, "estimating allocated {peak} bytes");
+}

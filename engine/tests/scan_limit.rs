@@ -1,0 +1,147 @@
+//! The scan cap: a progressive JPEG repeating one scan a thousand times is refused at the scan
+//! past `Limits::max_scans`, before it is decoded; ordinary progressive files are not affected.
+
+mod support;
+
+use cloudimg_engine::{Error, LimitKind, Limits, Options, OutputFormat, PathChoice, convert};
+use support::fixtures::{self, JpegSpec};
+
+/// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)
+/// after its entropy-coded data too (the next marker other than a restart or a stuffed byte).
+fn segment_end(jpeg: &[u8], at: usize) -> usize {
+    let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+    let mut end = at + 2 + len;
+    if jpeg[at + 1] == 0xDA {
+        while !(jpeg[end] == 0xFF && !matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7)) {
+            end += 1;
+        }
+    }
+    end
+}
+
+/// `jpeg` with its last scan (header and data) repeated `times` more times before EOI. The
+/// repeated scan uses the tables in force at the end, so every copy decodes as the first did.
+fn repeat_last_scan(jpeg: &[u8], times: usize) -> Vec<u8> {
+    let mut at = 2;
+    let mut last_scan = None;
+    while jpeg[at + 1] != 0xD9 {
+        let end = segment_end(jpeg, at);
+        if jpeg[at + 1] == 0xDA {
+            last_scan = Some(at..end);
+        }
+        at = end;
+    }
+    let scan = last_scan.expect("a scan");
+    let mut out = jpeg[..at].to_vec();
+    for _ in 0..times {
+        out.extend_from_slice(&jpeg[scan.clone()]);
+    }
+    out.extend_from_slice(&jpeg[at..]);
+    out
+}
+
+fn count_scans(jpeg: &[u8]) -> usize {
+    let mut at = 2;
+    let mut scans = 0;
+    while jpeg[at + 1] != 0xD9 {
+        scans += usize::from(jpeg[at + 1] == 0xDA);
+        at = segment_end(jpeg, at);
+    }
+    scans
+}
+
+fn progressive() -> Vec<u8> {
+    fixtures::jpeg(JpegSpec {
+        width: 640,
+        height: 480,
+        progressive: true,
+        ..JpegSpec::default()
+    })
+}
+
+/// A progressive CMYK JPEG: decoded by zune-jpeg, not the engine's own decoder.
+fn progressive_cmyk() -> Vec<u8> {
+    let rgb = fixtures::rgb_picture(320, 240);
+    let cmyk: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+        .collect();
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+    encoder.set_progressive(true);
+    encoder
+        .encode(&cmyk, 320, 240, jpeg_encoder::ColorType::Cmyk)
+        .expect("encodes");
+    out
+}
+
+fn scans_refused(result: Result<cloudimg_engine::Converted, Error>) -> (u64, u64) {
+    match result {
+        Err(Error::OverLimit {
+            limit: LimitKind::Scans,
+            found,
+            max,
+        }) => (found, max),
+        other => panic!("expected the scan limit, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_thousand_repeated_scans_are_refused_at_the_first_past_the_cap() {
+    let source = progressive();
+    let bomb = repeat_last_scan(&source, 1000);
+    assert!(count_scans(&bomb) > 1000);
+    for path in [PathChoice::Auto, PathChoice::Pixels] {
+        let options = Options {
+            path,
+            ..Options::default()
+        };
+        assert_eq!(
+            scans_refused(convert(&bomb, &options)),
+            (101, 100),
+            "{path:?}"
+        );
+    }
+}
+
+#[test]
+fn the_cap_holds_on_the_path_through_zune_jpeg() {
+    let source = progressive_cmyk();
+    convert(&source, &Options::default()).expect("the CMYK source converts");
+    let bomb = repeat_last_scan(&source, 1000);
+    assert_eq!(
+        scans_refused(convert(&bomb, &Options::default())),
+        (101, 100)
+    );
+}
+
+#[test]
+fn progressive_files_within_the_cap_convert_and_the_cap_is_configurable() {
+    let source = progressive();
+    let scans = count_scans(&source);
+    assert!(scans > 1, "the fixture is progressive with {scans} scans");
+    for format in [OutputFormat::Jpeg, OutputFormat::Png] {
+        let options = Options {
+            format,
+            ..Options::default()
+        };
+        convert(&source, &options).expect("a normal progressive file converts");
+    }
+    // Repeating the last scan 20 times stays under the default cap.
+    let repeated = repeat_last_scan(&source, 20);
+    assert_eq!(count_scans(&repeated), scans + 20);
+    convert(&repeated, &Options::default()).expect("converts");
+    // A cap of exactly the scans the file has passes; one fewer refuses.
+    let capped = |max_scans: usize| Options {
+        limits: Limits {
+            max_scans: max_scans as u32,
+            ..Limits::default()
+        },
+        ..Options::default()
+    };
+    convert(&source, &capped(scans)).expect("a cap equal to the scans passes");
+    assert_eq!(
+        scans_refused(convert(&source, &capped(scans - 1))),
+        (scans as u64, scans as u64 - 1)
+    );
+}
