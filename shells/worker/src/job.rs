@@ -10,6 +10,7 @@ use cloudimg_engine::{Converted, Options};
 use cloudimg_runtime::StoreFailure;
 use cloudimg_runtime::amqp::{self, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_JOB_ID};
 use cloudimg_runtime::backoff::Backoff;
+use cloudimg_runtime::budget::Reservation;
 use cloudimg_runtime::jobs::{self, FailureKind, FailureMarker, JobId};
 use cloudimg_runtime::proto::{ImageJob, image_job};
 use cloudimg_runtime::store::{ObjectMeta, ObjectStore};
@@ -327,7 +328,26 @@ async fn process(ctx: &Context, body: Bytes, redelivered: bool, retry: &Retry<'_
     };
 
     metrics::counter!("cloudimg_input_bytes_total").increment(data.len() as u64);
-    let converted = match convert_on_pool(ctx, data, options).await {
+    let estimate = match cloudimg_engine::estimate(&data, &options) {
+        Ok(estimate) => estimate,
+        Err(e) => return with_name(failed(&job.job_id, e.kind().into(), e.to_string())),
+    };
+    let needed = estimate.peak_bytes + data.len() as u64;
+    let reservation = tokio::select! {
+        reserved = ctx.budget.reserve(needed) => match reserved {
+            Ok(reservation) => reservation,
+            Err(over) => {
+                return with_name(failed(
+                    &job.job_id,
+                    FailureKind::OverBudget,
+                    format!("the conversion {over} (CLOUDIMG_MEMORY_BUDGET)"),
+                ));
+            }
+        },
+        _ = retry.link.cancelled() => return Outcome::Requeue("link lost while waiting for memory".into()),
+        _ = retry.shutdown.cancelled() => return Outcome::Requeue("shutdown while waiting for memory".into()),
+    };
+    let converted = match convert_on_pool(ctx, data, options, reservation).await {
         Ok(c) => c,
         Err(failure) => {
             let (kind, error) = failure.describe();
@@ -405,8 +425,11 @@ async fn convert_on_pool(
     ctx: &Context,
     data: Bytes,
     options: Options,
+    reservation: Reservation,
 ) -> Result<Converted, ConvertFailure> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let budget = ctx.budget.clone();
+    metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
     ctx.pool.spawn(move || {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             cloudimg_engine::convert(&data, &options)
@@ -417,6 +440,8 @@ async fn convert_on_pool(
             ))
         });
         drop(data);
+        drop(reservation);
+        metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
         let _ = tx.send(result);
     });
     match tokio::time::timeout(ctx.job_timeout, rx).await {

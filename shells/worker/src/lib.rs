@@ -2,8 +2,13 @@
 //! tokio thread), writes each result to the store and acks only after the write succeeded.
 //!
 //! * **Prefetch = concurrency**: the broker hands over at most as many jobs as the engine pool has
-//!   threads, so memory is bounded by `concurrency` images and the pool never idles while jobs
-//!   wait in the queue. Each delivery becomes one pool task bridged back with a oneshot; the pool
+//!   threads, so the pool never idles while jobs wait in the queue.
+//! * **Memory by budget**: before converting, a job reserves the engine's estimate of its peak
+//!   heap (from the header) plus its input from `CLOUDIMG_MEMORY_BUDGET`, and waits while the
+//!   jobs in flight hold too much; one that needs more than the whole budget is dead-lettered
+//!   `over_budget`. The reservation ends when the engine returns, not when the job is answered.
+//! * **Time by deadline**: a conversion past `CLOUDIMG_JOB_TIMEOUT` is cancelled (the engine checks
+//!   its flag between scans and rows) and the job dead-lettered `timeout`. Each delivery becomes one pool task bridged back with a oneshot; the pool
 //!   is the batch, so a fast image never waits for a slow one to share its ack.
 //! * **Poison** (every engine error, and messages the worker cannot use) goes to `<queue>.dead` with
 //!   `x-cloudimg-job-id` / `x-cloudimg-error` headers after a `failed/<job_id>.json` marker is
@@ -29,6 +34,7 @@ use std::time::{Duration, Instant};
 use cloudimg_engine::batch::Pool;
 use cloudimg_runtime::amqp::{self, Topology};
 use cloudimg_runtime::backoff::Backoff;
+use cloudimg_runtime::budget::MemoryBudget;
 use cloudimg_runtime::settings::redact_url;
 use cloudimg_runtime::store::Store;
 use futures_util::StreamExt;
@@ -59,6 +65,8 @@ pub(crate) struct Context {
     pub topology: Topology,
     pub limits: cloudimg_engine::Limits,
     pub job_timeout: Duration,
+    /// What the jobs in flight may hold together (`CLOUDIMG_MEMORY_BUDGET`).
+    pub budget: MemoryBudget,
     pub readiness: Readiness,
 }
 
@@ -105,6 +113,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         store = %store.describe(),
         queue = %config.broker.queue,
         concurrency = config.concurrency,
+        memory_budget = config.memory_budget,
+        job_timeout_s = config.job_timeout.as_secs_f64(),
         simd = ?cloudimg_engine::simd_path(),
         "worker starting"
     );
@@ -114,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         topology: Topology::new(&config.broker),
         limits: config.limits,
         job_timeout: config.job_timeout,
+        budget: MemoryBudget::new(config.memory_budget),
         readiness: Readiness::new(),
     });
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));

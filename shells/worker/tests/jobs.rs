@@ -389,3 +389,14 @@ async fn a_conversion_past_the_job_timeout_is_dead_lettered_as_timeout() {
     .await;
     assert_eq!(kind, "timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_larger_than_the_whole_memory_budget_is_dead_lettered_as_over_budget() {
+    if broker().await.is_none() {
+        return;
+    }
+    // 3 megapixels need several MiB at their peak, by the engine's estimate; the budget is 1 MiB.
+    let data = fixture_jpeg(2000, 1500, 7, 30, 90);
+    let kind = dead_letter_kind("worker-budget", data, |c| c.memory_budget = 1 << 20).await;
+    assert_eq!(kind, "over_budget");
+}
