@@ -3,6 +3,8 @@
 //!
 //! * **SIGKILL**: nothing is acked that was not written, so a new worker finishes the run: every
 //!   accepted image lands exactly once at its own key, nothing is dead-lettered or left queued.
+//! * **A fleet**: three worker processes share one queue and one is SIGKILLed mid-run: the other
+//!   two share the rest and the redeliveries, and every image still lands exactly once.
 //! * **SIGTERM**: the worker stops consuming, finishes and acks what it holds, and exits 0 within
 //!   a bounded time; every job is then either written or still queued, never both, never neither.
 
@@ -179,6 +181,68 @@ async fn a_worker_killed_mid_run_loses_nothing_and_a_new_one_finishes_exactly_on
     let w = second.terminate(Duration::from_secs(30));
     if !w.is_some_and(|s| s.success()) {
         problems.push(format!("second worker on SIGTERM: {w:?}"));
+    }
+    run.finish(problems).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_workers_loses_one_mid_run_and_every_image_lands_once() {
+    let Some((run, mut first)) = start_run("fleet").await else {
+        return;
+    };
+    let one_at_a_time = [("CLOUDIMG_CONCURRENCY", "1")];
+    let ports = [free_port(), free_port()];
+    let mut survivors: Vec<Service> = ports
+        .iter()
+        .map(|port| {
+            let listen = format!("127.0.0.1:{port}");
+            run.shells.worker(&[
+                one_at_a_time[0],
+                ("CLOUDIMG_METRICS_LISTEN", listen.as_str()),
+            ])
+        })
+        .collect();
+    let before = run.wait_results(8, Duration::from_secs(60)).await;
+    first.kill();
+    let at_kill = results(&run.bucket).await.len();
+    let mut problems = Vec::new();
+    if before.len() < 8 || at_kill >= IMAGES {
+        problems.push(format!("the kill did not land mid-run: {at_kill} results"));
+    }
+    run.wait_results(IMAGES, Duration::from_secs(120)).await;
+    let connection = &run.connection;
+    eventually(Duration::from_secs(10), async || {
+        message_count(connection, &run.queue).await == 0
+    })
+    .await;
+    problems.extend(run.check_all_landed_once().await);
+    let shares: Vec<(f64, f64)> = ports
+        .iter()
+        .map(|&port| {
+            let text = scrape(port);
+            let count = |outcome: &str| {
+                metric(
+                    &text,
+                    &format!("cloudimg_jobs_total{{outcome=\"{outcome}\"}}"),
+                )
+                .unwrap_or(0.0)
+            };
+            (count("done"), count("already_done"))
+        })
+        .collect();
+    // The survivors took the rest between them: each converted some of it.
+    if shares.iter().any(|(done, _)| *done == 0.0) {
+        problems.push(format!("a surviving worker did nothing: {shares:?}"));
+    }
+    eprintln!(
+        "fleet: killed one of three workers after {at_kill} of {IMAGES} results; the survivors \
+         converted (done, found already written) {shares:?}"
+    );
+    for worker in &mut survivors {
+        let status = worker.terminate(Duration::from_secs(30));
+        if !status.is_some_and(|s| s.success()) {
+            problems.push(format!("a surviving worker on SIGTERM: {status:?}"));
+        }
     }
     run.finish(problems).await;
 }
