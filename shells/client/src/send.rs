@@ -11,6 +11,7 @@ use cloudimg_runtime::proto::image_service_client::ImageServiceClient;
 use cloudimg_runtime::proto::{
     ConvertOptions, GetJobRequest, JobState, UploadMetadata, UploadRequest, upload_request,
 };
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -301,8 +302,8 @@ async fn send_one(
         return Record::failed(&input.shown, "interrupted");
     }
     let started = Instant::now();
-    let data = match tokio::fs::read(&input.path).await {
-        Ok(data) => Bytes::from(data),
+    let (head, file, size) = match open_upload(&input.path).await {
+        Ok(opened) => opened,
         Err(e) => return Record::failed(&input.shown, format!("cannot read: {e}")),
     };
     let file_name = input
@@ -310,26 +311,21 @@ async fn send_one(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut messages = Vec::with_capacity(1 + data.len().div_ceil(CHUNK_BYTES));
-    messages.push(UploadRequest {
+    let metadata = UploadRequest {
         part: Some(upload_request::Part::Metadata(UploadMetadata {
             file_name,
-            content_type: guess_content_type(&data).into(),
-            size: data.len() as u64,
+            content_type: guess_content_type(&head).into(),
+            size,
             options: Some(config.options),
         })),
-    });
-    let mut offset = 0;
-    while offset < data.len() {
-        let end = (offset + CHUNK_BYTES).min(data.len());
-        // `Bytes::slice` shares the buffer: the file is never copied into the chunks.
-        messages.push(UploadRequest {
-            part: Some(upload_request::Part::Chunk(data.slice(offset..end))),
-        });
-        offset = end;
-    }
-    drop(data);
-    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    };
+    let read_error = Arc::new(std::sync::Mutex::new(None));
+    let messages = futures_util::stream::once(async move { metadata }).chain(file_chunks(
+        head,
+        file,
+        read_error.clone(),
+    ));
+    let mut request = tonic::Request::new(messages);
     if let Some(token) = &config.token {
         match format!("Bearer {token}").parse() {
             Ok(value) => {
@@ -340,6 +336,9 @@ async fn send_one(
     }
     let reply = match client.upload(request).await {
         Ok(reply) => reply.into_inner(),
+        Err(_) if let Some(e) = read_error.lock().unwrap().take() => {
+            return Record::failed(&input.shown, format!("cannot read: {e}"));
+        }
         Err(status) => {
             return Record::failed(
                 &input.shown,
@@ -430,6 +429,64 @@ async fn wait_for(
         tokio::time::sleep(delay.min(deadline - now)).await;
         delay = (delay * 3 / 2).min(Duration::from_millis(500));
     }
+}
+
+/// Bytes read ahead of the upload: enough for the content type, and the first chunk's start.
+const HEAD_BYTES: usize = 64 << 10;
+
+/// Opens a file to upload: its first bytes, the file positioned after them, and its size.
+async fn open_upload(path: &Path) -> std::io::Result<(Bytes, tokio::fs::File, u64)> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    let mut file = file;
+    (&mut file)
+        .take(HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .await?;
+    Ok((Bytes::from(head), file, size))
+}
+
+/// The upload's chunks, read from `file` as the stream is polled (after `head`, the bytes already
+/// read): a file is never held whole, so `send` over many large photos needs a chunk per upload in
+/// flight, not a photo. A read error ends the stream and is left in `error` for the report.
+fn file_chunks(
+    head: Bytes,
+    file: tokio::fs::File,
+    error: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+) -> impl futures_util::Stream<Item = UploadRequest> {
+    futures_util::stream::unfold(Some((head, file)), move |state| {
+        let error = error.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let (head, mut file) = state?;
+            let mut chunk = bytes::BytesMut::with_capacity(CHUNK_BYTES);
+            chunk.extend_from_slice(&head);
+            while chunk.len() < CHUNK_BYTES {
+                match (&mut file)
+                    .take((CHUNK_BYTES - chunk.len()) as u64)
+                    .read_buf(&mut chunk)
+                    .await
+                {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        *error.lock().unwrap() = Some(e);
+                        return None;
+                    }
+                }
+            }
+            if chunk.is_empty() {
+                return None;
+            }
+            let full = chunk.len() == CHUNK_BYTES;
+            let message = UploadRequest {
+                part: Some(upload_request::Part::Chunk(chunk.freeze())),
+            };
+            Some((message, full.then_some((Bytes::new(), file))))
+        }
+    })
 }
 
 fn guess_content_type(data: &[u8]) -> &'static str {
