@@ -12,7 +12,7 @@ fn segment_end(jpeg: &[u8], at: usize) -> usize {
     let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
     let mut end = at + 2 + len;
     if jpeg[at + 1] == 0xDA {
-        while !(jpeg[end] == 0xFF && !matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7)) {
+        while jpeg[end] != 0xFF || matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7) {
             end += 1;
         }
     }
