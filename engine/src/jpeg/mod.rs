@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pixels::GrayImage;
-use crate::{Format, Limits, Quality, Stage, StageTimes, luma};
+use crate::{Cancel, Format, Limits, Quality, Stage, StageTimes, luma};
 use markers::{ColorKind, Frame};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -58,6 +58,7 @@ pub(crate) fn transcode(
     data: &[u8],
     frame: &Frame,
     limits: &Limits,
+    cancel: &Cancel,
     quality: Quality,
     stages: &mut StageTimes,
 ) -> Result<transcode::Encoded> {
@@ -74,10 +75,10 @@ pub(crate) fn transcode(
         quality,
         capacity,
     );
-    decoder::decode_luma(data, frame, limits, &mut sink)?;
+    decoder::decode_luma(data, frame, limits, cancel, &mut sink)?;
     let decode_time = start.elapsed();
     let encode_before = sink.encode_time;
-    let finished = sink.finish();
+    let finished = sink.finish(cancel);
     let encode_time = encode_before + (start.elapsed() - decode_time);
     stages.add(Stage::EntropyEncode, encode_time);
     stages.add(
@@ -93,6 +94,7 @@ pub(crate) fn decode_pixels(
     data: &[u8],
     frame: &Frame,
     limits: &Limits,
+    cancel: &Cancel,
     stages: &mut StageTimes,
 ) -> Result<GrayImage> {
     let (width, height) = (frame.width as usize, frame.height as usize);
@@ -100,7 +102,7 @@ pub(crate) fn decode_pixels(
         let (blocks_w, blocks_h) = frame.component_blocks(0);
         let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
         stages.time(Stage::Decode, || {
-            decoder::decode_luma(data, frame, limits, &mut sink)
+            decoder::decode_luma(data, frame, limits, cancel, &mut sink)
         })?;
         return Ok(GrayImage {
             width,
@@ -131,6 +133,8 @@ pub(crate) fn decode_pixels(
             ),
         ));
     }
+    // zune-jpeg cannot be stopped inside its call: the flag is looked at on its way out.
+    cancel.check()?;
     // Allocated only now: the luma plane need not be live through zune-jpeg's own peak.
     let mut image = GrayImage::new(width, height);
     stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
@@ -180,13 +184,13 @@ pub(crate) fn count_luma_blocks(data: &[u8], frame: &Frame) -> Result<usize> {
         }
     }
     let mut count = Count(0);
-    decoder::decode_luma(data, frame, &Limits::default(), &mut count)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &Cancel::NEVER, &mut count)?;
     Ok(count.0)
 }
 
 /// Decodes the luma coefficients into memory (for the benches).
 pub(crate) fn collect_luma(data: &[u8], frame: &Frame) -> Result<Coefficients> {
     let mut sink = Coefficients::new(frame.width, frame.height);
-    decoder::decode_luma(data, frame, &Limits::default(), &mut sink)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &Cancel::NEVER, &mut sink)?;
     Ok(sink)
 }
