@@ -188,6 +188,7 @@ fn read_header_with(
     match sniff(data)? {
         Format::Jpeg => {
             let frame = jpeg::read_frame(data, limits)?;
+            jpeg::check_scan_count(data, limits)?;
             let info = ImageInfo {
                 format: Format::Jpeg,
                 width: frame.width,

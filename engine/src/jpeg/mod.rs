@@ -111,7 +111,6 @@ pub(crate) fn decode_pixels(
             alpha: None,
         });
     }
-    check_scan_count(data, limits)?;
     let max = limits.max_dimension as usize;
     let options = DecoderOptions::default()
         .set_max_width(max)
@@ -142,9 +141,10 @@ pub(crate) fn decode_pixels(
 }
 
 /// Counts the scans of `data` against [`Limits::max_scans`] by walking its markers, without
-/// decoding: for the decoders that do not count as they go (zune-jpeg's error would not say which
-/// limit), and for estimates. Lenient: it stops counting, without an error, wherever the walk
-/// meets something it cannot follow, and leaves judging the file to the decoder.
+/// decoding (a search for the next marker per scan): with the header, so that `probe` refuses a
+/// scan bomb on upload and zune-jpeg, which does not say which limit it hit, never sees one.
+/// Lenient: it stops counting, without an error, wherever the walk meets something it cannot
+/// follow, and leaves judging the file to the decoder (which counts scans again as it goes).
 pub(crate) fn check_scan_count(data: &[u8], limits: &Limits) -> Result<()> {
     let Ok(mut segments) = markers::Segments::new(data) else {
         return Ok(());
