@@ -5,8 +5,9 @@ use crate::Format;
 /// Everything that can go wrong turning bytes into a grayscale image.
 ///
 /// The variants are split by who must act: the sender ([`Error::Invalid`], [`Error::Unsupported`],
-/// [`Error::OverLimit`]) or the maintainers ([`Error::Internal`]). None of them is transient:
-/// converting the same bytes again gives the same error, so callers never retry them.
+/// [`Error::OverLimit`]), the maintainers ([`Error::Internal`]) or the caller itself
+/// ([`Error::Cancelled`]). None but the last is transient: converting the same bytes again gives
+/// the same error, so callers never retry them.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The bytes are not a valid image of the format they claim to be (corrupt, truncated).
@@ -25,6 +26,9 @@ pub enum Error {
     /// The engine failed on input it accepted: a bug to report, not the sender's fault.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The caller's [`crate::Cancel`] was set; the conversion stopped and freed what it held.
+    #[error("the conversion was cancelled")]
+    Cancelled,
 }
 
 /// The coarse class of an [`Error`], for metrics, exit codes and dead-letter headers.
@@ -34,16 +38,19 @@ pub enum ErrorKind {
     Unsupported,
     OverLimit,
     Internal,
+    Cancelled,
 }
 
 impl ErrorKind {
-    /// A stable lowercase name (`invalid`, `unsupported`, `over_limit`, `internal`).
+    /// A stable lowercase name (`invalid`, `unsupported`, `over_limit`, `internal`,
+    /// `cancelled`).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::OverLimit => "over_limit",
             ErrorKind::Internal => "internal",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }
@@ -83,6 +90,7 @@ impl Error {
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::OverLimit { .. } => ErrorKind::OverLimit,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::Cancelled => ErrorKind::Cancelled,
         }
     }
 

@@ -35,7 +35,6 @@ pub fn estimate(data: &[u8], options: &Options) -> Result<Estimate> {
     heap.alloc(FIXED);
     let path = match header {
         Header::Jpeg(frame) => {
-            jpeg::check_scan_count(data, &options.limits)?;
             if crate::takes_coefficients(&frame, options) {
                 coefficients(&mut heap, &frame, data.len() as u64);
                 ConversionPath::Coefficients

@@ -17,6 +17,7 @@
 //!   coefficients go straight to the output without a pixel ever existing.
 
 pub mod batch;
+mod cancel;
 mod error;
 mod estimate;
 mod jpeg;
@@ -31,6 +32,7 @@ pub mod stages;
 
 use std::time::{Duration, Instant};
 
+pub use cancel::Cancel;
 pub use error::{Error, ErrorKind, LimitKind, Result};
 pub use estimate::{Estimate, estimate};
 pub use luma::SimdPath;
@@ -186,6 +188,7 @@ fn read_header_with(
     match sniff(data)? {
         Format::Jpeg => {
             let frame = jpeg::read_frame(data, limits)?;
+            jpeg::check_scan_count(data, limits)?;
             let info = ImageInfo {
                 format: Format::Jpeg,
                 width: frame.width,
@@ -215,13 +218,26 @@ pub fn probe(data: &[u8], limits: &Limits) -> Result<ImageInfo> {
 
 /// Converts one image to grayscale.
 pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
+    convert_cancellable(data, options, &Cancel::NEVER)
+}
+
+/// [`convert`], ending with [`Error::Cancelled`] soon after `cancel` is set from another thread
+/// (between scans and rows), with everything it allocated freed.
+pub fn convert_cancellable(data: &[u8], options: &Options, cancel: &Cancel) -> Result<Converted> {
+    cancel.check()?;
     let (source, header) = read_header(data, &options.limits)?;
     let mut stages = StageTimes::default();
     let image = match header {
         Header::Jpeg(frame) => {
             if takes_coefficients(&frame, options) {
-                let output =
-                    jpeg::transcode(data, &frame, &options.limits, options.quality, &mut stages)?;
+                let output = jpeg::transcode(
+                    data,
+                    &frame,
+                    &options.limits,
+                    cancel,
+                    options.quality,
+                    &mut stages,
+                )?;
                 return Ok(Converted {
                     data: output.data,
                     format: OutputFormat::Jpeg,
@@ -233,7 +249,7 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
                     stages,
                 });
             }
-            jpeg::decode_pixels(data, &frame, &options.limits, &mut stages)?
+            jpeg::decode_pixels(data, &frame, &options.limits, cancel, &mut stages)?
         }
         Header::Png(_) => {
             let flatten_alpha = options.format == OutputFormat::Jpeg;
@@ -242,7 +258,9 @@ pub fn convert(data: &[u8], options: &Options) -> Result<Converted> {
             })?
         }
     };
-    encode_pixels(image, source, options, stages)
+    // zune-png cannot be stopped inside its call: the flag is looked at on its way out.
+    cancel.check()?;
+    encode_pixels(image, source, options, cancel, stages)
 }
 
 /// Whether a JPEG takes the coefficient path.
@@ -256,6 +274,7 @@ fn encode_pixels(
     image: pixels::GrayImage,
     source: ImageInfo,
     options: &Options,
+    cancel: &Cancel,
     mut stages: StageTimes,
 ) -> Result<Converted> {
     // Only a JPEG source has quantization to keep; every other source takes the default.
@@ -264,8 +283,11 @@ fn encode_pixels(
         Quality::Source => 85,
     };
     let image = image.upright(source.orientation);
+    cancel.check()?;
     let data = stages.time(Stage::Encode, || match options.format {
-        OutputFormat::Jpeg => jpeg::encode_plane(&image.luma, image.width, image.height, quality),
+        OutputFormat::Jpeg => {
+            jpeg::encode_plane(&image.luma, image.width, image.height, quality, cancel)
+        }
         OutputFormat::Png => image.encode_png(),
     })?;
     Ok(Converted {

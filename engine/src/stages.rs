@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::jpeg::{self, Coefficients};
-use crate::{Limits, luma};
+use crate::{Cancel, Limits, luma};
 
 /// Entropy-decodes a gray or YCbCr JPEG's luma coefficients and drops them; returns the number
 /// of blocks. What the coefficient path spends before encoding.
@@ -39,7 +39,8 @@ pub fn decode_luma_plane(data: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
         ));
     }
     let mut stages = crate::StageTimes::default();
-    let image = jpeg::decode_pixels(data, &frame, &Limits::default(), &mut stages)?;
+    let never = Cancel::NEVER;
+    let image = jpeg::decode_pixels(data, &frame, &Limits::default(), &never, &mut stages)?;
     Ok((image.luma, image.width, image.height))
 }
 
@@ -50,7 +51,7 @@ pub fn encode_luma_plane(
     height: usize,
     quality: u8,
 ) -> Result<Vec<u8>> {
-    jpeg::encode_plane(plane, width, height, quality)
+    jpeg::encode_plane(plane, width, height, quality, &Cancel::NEVER)
 }
 
 /// Packed RGB to luma with the kernel this CPU runs.

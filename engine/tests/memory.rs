@@ -94,6 +94,107 @@ impl Row {
     }
 }
 
+/// Converts `data` counting its peak heap, and estimates it; `None` where it does not convert.
+fn measure(file: &str, how: &'static str, data: &[u8], options: &Options) -> Option<Row> {
+    let (converted, measured) = peak_during(|| convert(data, options));
+    let converted = converted.ok()?;
+    let estimate = estimate(data, options)
+        .unwrap_or_else(|e| panic!("{file}: converts, yet no estimate: {e}"));
+    assert_eq!(estimate.path, converted.path, "{file} ({how})");
+    Some(Row {
+        file: file.to_string(),
+        how,
+        measured,
+        estimate: estimate.peak_bytes,
+    })
+}
+
+#[test]
+fn generated_images_of_every_path_peak_within_their_estimates() {
+    let (w, h) = (1000u32, 760u32);
+    let rgb = fixtures::rgb_picture(w as usize, h as usize);
+    let rgba16: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 7, p[1], 9, p[2], 200])
+        .collect();
+    let gray_alpha: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| [p[0], p[2]]).collect();
+    let cmyk: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 30])
+        .collect();
+    let mut cmyk_progressive = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut cmyk_progressive, 90);
+    encoder.set_progressive(true);
+    encoder
+        .encode(&cmyk, w as u16, h as u16, jpeg_encoder::ColorType::Cmyk)
+        .expect("encodes");
+    let jpeg = |progressive, orientation| {
+        fixtures::jpeg(JpegSpec {
+            width: w as u16,
+            height: h as u16,
+            progressive,
+            orientation,
+            ..JpegSpec::default()
+        })
+    };
+    let inputs = [
+        (
+            "16-bit RGBA PNG",
+            fixtures::png(w, h, png::ColorType::Rgba, png::BitDepth::Sixteen, &rgba16),
+        ),
+        (
+            "gray+alpha PNG",
+            fixtures::png(
+                w,
+                h,
+                png::ColorType::GrayscaleAlpha,
+                png::BitDepth::Eight,
+                &gray_alpha,
+            ),
+        ),
+        (
+            "RGB PNG",
+            fixtures::png(w, h, png::ColorType::Rgb, png::BitDepth::Eight, &rgb),
+        ),
+        ("progressive CMYK JPEG", cmyk_progressive),
+        ("baseline JPEG", jpeg(false, 1)),
+        ("progressive JPEG", jpeg(true, 1)),
+        ("progressive JPEG, orientation 6", jpeg(true, 6)),
+        ("baseline JPEG, orientation 3", jpeg(false, 3)),
+    ];
+    let ways = [
+        ("default", Options::default()),
+        (
+            "pixels",
+            Options {
+                path: PathChoice::Pixels,
+                ..Options::default()
+            },
+        ),
+        (
+            "png",
+            Options {
+                format: OutputFormat::Png,
+                ..Options::default()
+            },
+        ),
+    ];
+    let mut outside = 0;
+    for (name, data) in &inputs {
+        for (how, options) in &ways {
+            let row = measure(name, how, data, options).expect("converts");
+            println!(
+                "{:>5.2}  measured {:>9}  estimate {:>9}  {name} ({how})",
+                row.ratio(),
+                row.measured,
+                row.estimate
+            );
+            outside += usize::from(!row.within());
+        }
+    }
+    assert_eq!(outside, 0, "conversions outside the bounds");
+}
+
 #[test]
 fn every_corpus_conversion_peaks_within_its_estimate() {
     let Some(root) = support::corpus() else {
@@ -120,19 +221,7 @@ fn every_corpus_conversion_peaks_within_its_estimate() {
     for entry in support::manifest(&root) {
         let data = std::fs::read(root.join(&entry.path)).expect("read a corpus file");
         for (how, options) in &ways {
-            let (converted, measured) = peak_during(|| convert(&data, options));
-            let Ok(converted) = converted else {
-                continue;
-            };
-            let estimate = estimate(&data, options)
-                .unwrap_or_else(|e| panic!("{}: converts, yet no estimate: {e}", entry.path));
-            assert_eq!(estimate.path, converted.path, "{} ({how})", entry.path);
-            rows.push(Row {
-                file: entry.path.clone(),
-                how,
-                measured,
-                estimate: estimate.peak_bytes,
-            });
+            rows.extend(measure(&entry.path, how, &data, options));
         }
     }
     assert!(rows.len() > 100, "only {} conversions", rows.len());

@@ -3,7 +3,9 @@
 
 mod support;
 
-use cloudimg_engine::{Error, LimitKind, Limits, Options, OutputFormat, PathChoice, convert};
+use cloudimg_engine::{
+    Error, LimitKind, Limits, Options, OutputFormat, PathChoice, convert, estimate, probe,
+};
 use support::fixtures::{self, JpegSpec};
 
 /// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)
@@ -12,7 +14,7 @@ fn segment_end(jpeg: &[u8], at: usize) -> usize {
     let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
     let mut end = at + 2 + len;
     if jpeg[at + 1] == 0xDA {
-        while !(jpeg[end] == 0xFF && !matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7)) {
+        while jpeg[end] != 0xFF || matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7) {
             end += 1;
         }
     }
@@ -75,7 +77,7 @@ fn progressive_cmyk() -> Vec<u8> {
     out
 }
 
-fn scans_refused(result: Result<cloudimg_engine::Converted, Error>) -> (u64, u64) {
+fn scans_refused<T: std::fmt::Debug>(result: Result<T, Error>) -> (u64, u64) {
     match result {
         Err(Error::OverLimit {
             limit: LimitKind::Scans,
@@ -102,6 +104,12 @@ fn a_thousand_repeated_scans_are_refused_at_the_first_past_the_cap() {
             "{path:?}"
         );
     }
+    // The producer's probe and the worker's estimate refuse it from a walk over the markers.
+    assert_eq!(scans_refused(probe(&bomb, &Limits::default())), (101, 100));
+    assert_eq!(
+        scans_refused(estimate(&bomb, &Options::default())),
+        (101, 100)
+    );
 }
 
 #[test]

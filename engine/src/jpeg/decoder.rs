@@ -12,8 +12,8 @@ use super::bits::{BitReader, ScanData, skip_scan};
 use super::huffman::{DecodeTable, LOOKAHEAD, SKIP_BITS, SKIP_ENDED, extend};
 use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
-use crate::Limits;
 use crate::error::{Error, Result};
+use crate::{Cancel, Limits};
 
 /// One 8x8 block of quantized coefficients in zigzag order.
 #[derive(Clone, Copy)]
@@ -51,20 +51,23 @@ const MAX_AC: i32 = 1023;
 ///
 /// Requires `frame.coding` to be Huffman sequential or progressive with 8-bit samples, and the
 /// luma component (component 0) to have the largest sampling factors; the caller checks.
-/// Refuses the scan past `limits.max_scans` before decoding it.
+/// Refuses the scan past `limits.max_scans` before decoding it; stops at `cancel` between scans
+/// and between rows of MCUs.
 pub(crate) fn decode_luma(
     data: &[u8],
     frame: &Frame,
     limits: &Limits,
+    cancel: &Cancel,
     sink: &mut impl LumaSink,
 ) -> Result<()> {
-    Decoder::new(data, frame, limits).run(sink)
+    Decoder::new(data, frame, limits, cancel).run(sink)
 }
 
 struct Decoder<'a> {
     data: &'a [u8],
     frame: &'a Frame,
     limits: &'a Limits,
+    cancel: &'a Cancel,
     /// Scans met so far, for [`Limits::max_scans`].
     scans: u32,
     quant: [Option<QuantTable>; 4],
@@ -92,11 +95,12 @@ struct ScanHeader {
 }
 
 impl<'a> Decoder<'a> {
-    fn new(data: &'a [u8], frame: &'a Frame, limits: &'a Limits) -> Self {
+    fn new(data: &'a [u8], frame: &'a Frame, limits: &'a Limits, cancel: &'a Cancel) -> Self {
         Decoder {
             data,
             frame,
             limits,
+            cancel,
             scans: 0,
             quant: [None; 4],
             dc: [None, None, None, None],
@@ -120,6 +124,7 @@ impl<'a> Decoder<'a> {
             match segments.next_marker()? {
                 markers::EOI => break,
                 markers::SOS => {
+                    self.cancel.check()?;
                     self.scans += 1;
                     self.limits.check_scans(self.scans)?;
                     let header = self.parse_scan_header(segments.payload()?)?;
@@ -382,6 +387,7 @@ impl<'a> Decoder<'a> {
         let mut preds = [0i32; 4];
         let mut restarts = Restarts::new(self.restart_interval);
         for mcu_y in 0..mcus_y {
+            self.cancel.check()?;
             for mcu_x in 0..mcus_x {
                 if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
@@ -428,6 +434,7 @@ impl<'a> Decoder<'a> {
             .position(|&(i, _, _)| i == 0)
             .expect("scan has luma");
         for mcu_y in 0..mcus_y {
+            self.cancel.check()?;
             for mcu_x in 0..mcus_x {
                 if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
@@ -479,6 +486,7 @@ impl<'a> Decoder<'a> {
         let (stride, _) = self.frame.padded_luma_blocks();
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
         for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
+            self.cancel.check()?;
             let row = &mut row[..blocks_w];
             for block in row.iter_mut() {
                 let dc_ok = i32::from(block.coef[0]).abs() <= MAX_DC;

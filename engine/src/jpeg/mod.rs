@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pixels::GrayImage;
-use crate::{Format, Limits, Quality, Stage, StageTimes, luma};
+use crate::{Cancel, Format, Limits, Quality, Stage, StageTimes, luma};
 use markers::{ColorKind, Frame};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -58,6 +58,7 @@ pub(crate) fn transcode(
     data: &[u8],
     frame: &Frame,
     limits: &Limits,
+    cancel: &Cancel,
     quality: Quality,
     stages: &mut StageTimes,
 ) -> Result<transcode::Encoded> {
@@ -74,10 +75,10 @@ pub(crate) fn transcode(
         quality,
         capacity,
     );
-    decoder::decode_luma(data, frame, limits, &mut sink)?;
+    decoder::decode_luma(data, frame, limits, cancel, &mut sink)?;
     let decode_time = start.elapsed();
     let encode_before = sink.encode_time;
-    let finished = sink.finish();
+    let finished = sink.finish(cancel);
     let encode_time = encode_before + (start.elapsed() - decode_time);
     stages.add(Stage::EntropyEncode, encode_time);
     stages.add(
@@ -93,6 +94,7 @@ pub(crate) fn decode_pixels(
     data: &[u8],
     frame: &Frame,
     limits: &Limits,
+    cancel: &Cancel,
     stages: &mut StageTimes,
 ) -> Result<GrayImage> {
     let (width, height) = (frame.width as usize, frame.height as usize);
@@ -100,7 +102,7 @@ pub(crate) fn decode_pixels(
         let (blocks_w, blocks_h) = frame.component_blocks(0);
         let mut sink = transcode::PlaneBuilder::new(blocks_w, blocks_h);
         stages.time(Stage::Decode, || {
-            decoder::decode_luma(data, frame, limits, &mut sink)
+            decoder::decode_luma(data, frame, limits, cancel, &mut sink)
         })?;
         return Ok(GrayImage {
             width,
@@ -109,7 +111,6 @@ pub(crate) fn decode_pixels(
             alpha: None,
         });
     }
-    check_scan_count(data, limits)?;
     let max = limits.max_dimension as usize;
     let options = DecoderOptions::default()
         .set_max_width(max)
@@ -131,6 +132,8 @@ pub(crate) fn decode_pixels(
             ),
         ));
     }
+    // zune-jpeg cannot be stopped inside its call: the flag is looked at on its way out.
+    cancel.check()?;
     // Allocated only now: the luma plane need not be live through zune-jpeg's own peak.
     let mut image = GrayImage::new(width, height);
     stages.time(Stage::Luma, || luma::rgb(&rgb, &mut image.luma));
@@ -138,9 +141,10 @@ pub(crate) fn decode_pixels(
 }
 
 /// Counts the scans of `data` against [`Limits::max_scans`] by walking its markers, without
-/// decoding: for the decoders that do not count as they go (zune-jpeg's error would not say which
-/// limit), and for estimates. Lenient: it stops counting, without an error, wherever the walk
-/// meets something it cannot follow, and leaves judging the file to the decoder.
+/// decoding (a search for the next marker per scan): with the header, so that `probe` refuses a
+/// scan bomb on upload and zune-jpeg, which does not say which limit it hit, never sees one.
+/// Lenient: it stops counting, without an error, wherever the walk meets something it cannot
+/// follow, and leaves judging the file to the decoder (which counts scans again as it goes).
 pub(crate) fn check_scan_count(data: &[u8], limits: &Limits) -> Result<()> {
     let Ok(mut segments) = markers::Segments::new(data) else {
         return Ok(());
@@ -180,13 +184,13 @@ pub(crate) fn count_luma_blocks(data: &[u8], frame: &Frame) -> Result<usize> {
         }
     }
     let mut count = Count(0);
-    decoder::decode_luma(data, frame, &Limits::default(), &mut count)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &Cancel::NEVER, &mut count)?;
     Ok(count.0)
 }
 
 /// Decodes the luma coefficients into memory (for the benches).
 pub(crate) fn collect_luma(data: &[u8], frame: &Frame) -> Result<Coefficients> {
     let mut sink = Coefficients::new(frame.width, frame.height);
-    decoder::decode_luma(data, frame, &Limits::default(), &mut sink)?;
+    decoder::decode_luma(data, frame, &Limits::default(), &Cancel::NEVER, &mut sink)?;
     Ok(sink)
 }

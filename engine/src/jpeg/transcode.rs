@@ -9,8 +9,8 @@ use super::fdct::{Quantizer, fdct_block};
 use super::idct::idct_block;
 use super::rotate::Upright;
 use super::tables::{QuantTable, luminance_table};
-use crate::Orientation;
 use crate::error::Result;
+use crate::{Cancel, Orientation};
 
 /// The luma blocks of a `width` x `height` image whose luma is sampled at full resolution.
 pub(crate) fn luma_blocks(width: u32, height: u32) -> usize {
@@ -74,8 +74,9 @@ impl Transcoder {
         }
     }
 
-    /// The finished file, or `None` when no row ever came.
-    pub fn finish(mut self) -> Result<Option<Encoded>> {
+    /// The finished file, or `None` when no row ever came. Turning upright, stops at `cancel`
+    /// between output rows.
+    pub fn finish(mut self, cancel: &Cancel) -> Result<Option<Encoded>> {
         let Some((mut writer, requantizer)) = self.output.take() else {
             return Ok(None);
         };
@@ -86,6 +87,7 @@ impl Transcoder {
                 let blocks_h = self.plane.len() / self.blocks_w.max(1);
                 let (out_w, out_h) = upright.output_size(self.blocks_w, blocks_h);
                 for y in 0..out_h {
+                    cancel.check()?;
                     for x in 0..out_w {
                         let (sx, sy) = upright.source_block(x, y, self.blocks_w, blocks_h);
                         let block = upright.block(&self.plane[sy * self.blocks_w + sx]);
@@ -174,7 +176,10 @@ impl Coefficients {
         for row in self.blocks.chunks(blocks_w) {
             sink.row(row)?;
         }
-        Ok(sink.finish()?.map(|e| e.data).unwrap_or_default())
+        Ok(sink
+            .finish(&Cancel::NEVER)?
+            .map(|e| e.data)
+            .unwrap_or_default())
     }
 }
 
@@ -254,11 +259,13 @@ pub(crate) fn encode_capacity(pixels: usize) -> usize {
 /// Encodes a `width` x `height` luma plane (upright) as a one-channel JPEG at `quality`: forward DCT,
 /// quantization, and the same entropy coder as the coefficient path. Partial blocks at the
 /// right and bottom edges repeat the last column and row, as libjpeg does.
+/// Stops at `cancel` between rows of blocks.
 pub(crate) fn encode_plane(
     plane: &[u8],
     width: usize,
     height: usize,
     quality: u8,
+    cancel: &Cancel,
 ) -> Result<Vec<u8>> {
     let table = luminance_table(quality);
     let quantizer = Quantizer::new(&table);
@@ -272,6 +279,7 @@ pub(crate) fn encode_plane(
     let mut samples = [0u8; 64];
     let mut block = Block::ZERO;
     for by in 0..height.div_ceil(8) {
+        cancel.check()?;
         for bx in 0..width.div_ceil(8) {
             let full = (bx + 1) * 8 <= width && (by + 1) * 8 <= height;
             let (source, stride) = if full {
