@@ -155,6 +155,8 @@ impl From<cloudimg_engine::ErrorKind> for FailureKind {
             cloudimg_engine::ErrorKind::Unsupported => FailureKind::Unsupported,
             cloudimg_engine::ErrorKind::OverLimit => FailureKind::OverLimit,
             cloudimg_engine::ErrorKind::Internal => FailureKind::Internal,
+            // The worker cancels a conversion only when its job timed out.
+            cloudimg_engine::ErrorKind::Cancelled => FailureKind::Timeout,
         }
     }
 }

@@ -258,6 +258,10 @@ pub struct LimitArgs {
     /// Largest image accepted, in pixels (width times height), checked from the header.
     #[arg(long, env = "CLOUDIMG_MAX_PIXELS", default_value_t = Limits::default().max_pixels)]
     pub max_pixels: u64,
+    /// Most scans a JPEG may have, counted from its markers before decoding (each scan of a
+    /// progressive file walks the whole image: thousands of them are a CPU bomb).
+    #[arg(long, env = "CLOUDIMG_MAX_SCANS", default_value_t = Limits::default().max_scans)]
+    pub max_scans: u32,
 }
 
 impl LimitArgs {
@@ -265,6 +269,7 @@ impl LimitArgs {
         Limits {
             max_input_bytes: self.max_upload_bytes,
             max_pixels: self.max_pixels,
+            max_scans: self.max_scans,
             ..Limits::default()
         }
     }

@@ -428,28 +428,37 @@ async fn convert_on_pool(
     reservation: Reservation,
 ) -> Result<Converted, ConvertFailure> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let cancel = cloudimg_engine::Cancel::new();
     let budget = ctx.budget.clone();
     metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
-    ctx.pool.spawn(move || {
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            cloudimg_engine::convert(&data, &options)
-        }))
-        .unwrap_or_else(|_| {
-            Err(cloudimg_engine::Error::Internal(
-                "the engine panicked on this input".into(),
-            ))
-        });
-        drop(data);
-        drop(reservation);
-        metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
-        let _ = tx.send(result);
+    ctx.pool.spawn({
+        let cancel = cancel.clone();
+        move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                cloudimg_engine::convert_cancellable(&data, &options, &cancel)
+            }))
+            .unwrap_or_else(|_| {
+                Err(cloudimg_engine::Error::Internal(
+                    "the engine panicked on this input".into(),
+                ))
+            });
+            drop(data);
+            drop(reservation);
+            metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
+            let _ = tx.send(result);
+        }
     });
     match tokio::time::timeout(ctx.job_timeout, rx).await {
         Ok(Ok(result)) => result.map_err(ConvertFailure::Engine),
         Ok(Err(_)) => Err(ConvertFailure::Engine(cloudimg_engine::Error::Internal(
             "the engine task vanished".into(),
         ))),
-        Err(_) => Err(ConvertFailure::TimedOut(ctx.job_timeout)),
+        Err(_) => {
+            // The engine sees the flag at its next scan or row and frees its memory then; the
+            // reservation is held until it has.
+            cancel.cancel();
+            Err(ConvertFailure::TimedOut(ctx.job_timeout))
+        }
     }
 }
 
