@@ -26,7 +26,8 @@ CONTRACT_ENV = {
     "AMQP_URL", "RABBIT_HOST", "CLOUDIMG_QUEUE", "BUCKET_NAME", "CLOUDIMG_OUT_DIR", "AWS_ENDPOINT_URL",
     "AWS_REGION", "CLOUDIMG_LISTEN", "CLOUDIMG_PRODUCER", "CLOUDIMG_MAX_UPLOAD_BYTES", "CLOUDIMG_MAX_PIXELS",
     "CLOUDIMG_STAGE_OVER_BYTES", "CLOUDIMG_CONCURRENCY", "CLOUDIMG_TOKEN", "CLOUDIMG_TLS_CERT",
-    "CLOUDIMG_TLS_KEY", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG", "CLOUDIMG_LOG_FORMAT",
+    "CLOUDIMG_TLS_KEY", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG", "CLOUDIMG_LOG_FORMAT", "CLOUDIMG_TLS_TERMINATED",
+    "CLOUDIMG_QUEUE_TYPE", "CLOUDIMG_MEMORY_BUDGET", "CLOUDIMG_JOB_TIMEOUT",
 }
 
 
@@ -407,7 +408,8 @@ def rule_no_port_22(t):
 
 
 def rule_ingress_scope(t):
-    """Ingress is only the gRPC port from the client CIDR parameter, or the broker port from our own groups."""
+    """Ingress: the listener port from the client CIDR parameter (the load balancer's group only), the
+    gRPC port from the load balancer's group, or the broker port from our own groups."""
     problems = []
     our_groups = set(resources(t, "AWS::EC2::SecurityGroup"))
     params = t.get("Parameters", {})
@@ -422,15 +424,19 @@ def rule_ingress_scope(t):
                 problems.append(f"{where}: ingress from literal CIDR {cidr!r} instead of a parameter")
             elif params[pname].get("Default") in ("0.0.0.0/0",):
                 problems.append(f"{where}: CIDR parameter {pname} defaults to the whole internet")
+            if where != "LoadBalancerSecurityGroup":
+                problems.append(f"{where}: CIDR ingress outside the load balancer's group")
             for _, lo, hi in port_branches(rule):
-                if lo != hi or ref_name(lo) != "GrpcPort":
-                    problems.append(f"{where}: CIDR ingress on ports {lo!r}-{hi!r}, expected the gRPC port only")
+                if lo != hi or ref_name(lo) != "ListenerPort":
+                    problems.append(f"{where}: CIDR ingress on ports {lo!r}-{hi!r}, expected the listener port only")
         elif src is not None:
             if src not in our_groups:
                 problems.append(f"{where}: ingress from foreign group {src}")
             for _, lo, hi in port_branches(rule):
-                if lo != hi or _int_or_ref(lo, t) not in (5671, 5672):
-                    problems.append(f"{where}: group ingress on {lo!r}-{hi!r}, expected the broker port")
+                grpc_from_lb = src == "LoadBalancerSecurityGroup" and lo == hi and ref_name(lo) == "GrpcPort"
+                if not grpc_from_lb and (lo != hi or _int_or_ref(lo, t) not in (5671, 5672)):
+                    problems.append(f"{where}: group ingress on {lo!r}-{hi!r}, expected the broker port "
+                                    f"(or gRPC from the load balancer)")
         else:
             problems.append(f"{where}: ingress rule without a source")
     return problems
@@ -498,6 +504,8 @@ def rule_ami_from_public_ssm(t):
             holders.append((name, data["ImageId"]))
     for name, image in holders:
         refs = {ref_name(b) for b in branches(image)}
+        if name == "BrokerHost":  # may be pinned: its data must survive an AL2023 release (docs/aws.md)
+            refs.discard("BrokerImageId")
         if refs != set(ami_params.values()):
             problems.append(f"{name}: ImageId {image!r} does not choose between the AL2023 SSM parameters by architecture")
     return problems
@@ -546,8 +554,8 @@ def rule_scaling_policy(t):
             expr = returned[0]["Expression"].replace(" ", "")
             if not any(f"{r}/{i}" in expr for r in ready_ids for i in inservice_ids):
                 problems.append(f"{name}: expression {returned[0]['Expression']!r} is not ready / in-service")
-    for g, asg in groups.items():
-        p = props(asg)
+    for g in {ref_name(props(pol).get("AutoScalingGroupName")) for _, pol in policies} & set(groups):
+        p = props(groups[g])
         for key, par in (("MinSize", "WorkerMinSize"), ("MaxSize", "WorkerMaxSize")):
             if ref_name(p.get(key)) != par:
                 problems.append(f"{g}: {key} is not the {par} parameter")
@@ -589,10 +597,10 @@ def rule_service_units(t):
     """Producer and worker units: contract env names only, systemd drain and restart settings."""
     problems = []
     wanted = {
-        "ProducerInstance": ("cloudimg-producer", {"AMQP_URL", "CLOUDIMG_QUEUE", "BUCKET_NAME", "AWS_REGION",
-                                                   "CLOUDIMG_LISTEN", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG",
-                                                   "CLOUDIMG_LOG_FORMAT", "CLOUDIMG_TOKEN"}),
-        "WorkerGroup": ("cloudimg-worker", {"AMQP_URL", "CLOUDIMG_QUEUE", "BUCKET_NAME", "AWS_REGION",
+        "ProducerGroup": ("cloudimg-producer", {"AMQP_URL", "CLOUDIMG_QUEUE", "CLOUDIMG_QUEUE_TYPE", "BUCKET_NAME",
+                                                "AWS_REGION", "CLOUDIMG_LISTEN", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG",
+                                                "CLOUDIMG_LOG_FORMAT", "CLOUDIMG_TOKEN", "CLOUDIMG_TLS_TERMINATED"}),
+        "WorkerGroup": ("cloudimg-worker", {"AMQP_URL", "CLOUDIMG_QUEUE", "CLOUDIMG_QUEUE_TYPE", "BUCKET_NAME", "AWS_REGION",
                                             "CLOUDIMG_METRICS_LISTEN", "RUST_LOG", "CLOUDIMG_LOG_FORMAT",
                                             "CLOUDIMG_CONCURRENCY"}),
     }
@@ -674,7 +682,7 @@ def _scaling_custom_metric(t):
 def rule_self_hosted_publishes_backlog(t):
     """In self-hosted mode the broker host publishes what the scaling policy reads."""
     problems = []
-    hosts = [n for n, r in resources(t, "AWS::EC2::Instance").items() if n != "ProducerInstance"]
+    hosts = list(resources(t, "AWS::EC2::Instance"))
     if not hosts:
         return ["no self-hosted broker instance"]
     namespaces, dims = _scaling_custom_metric(t)
@@ -766,7 +774,7 @@ def rule_private_placement(t):
         if not zones or not zones <= private:
             problems.append(f"{name}: not in private subnets")
     for name, inst in resources(t, "AWS::EC2::Instance").items():
-        if name != "ProducerInstance" and ref_name(props(inst).get("SubnetId")) not in private:
+        if ref_name(props(inst).get("SubnetId")) not in private:
             problems.append(f"{name}: not in a private subnet")
     return problems
 

@@ -36,9 +36,9 @@ def worker_policy(t):
 
 class TemplateParses(unittest.TestCase):
     def test_short_form_tags_become_long_forms(self):
-        image = prop(TEMPLATE, "ProducerInstance")["ImageId"]
+        image = prop(TEMPLATE, "ProducerLaunchTemplate")["LaunchTemplateData"]["ImageId"]
         self.assertEqual(image, {"Fn::If": ["IsArm64", {"Ref": "LatestAmiArm64"}, {"Ref": "LatestAmiX86"}]})
-        self.assertIn("Fn::GetAtt", prop(TEMPLATE, "ProducerInstance")["LaunchTemplate"]["Version"])
+        self.assertIn("Fn::GetAtt", prop(TEMPLATE, "ProducerGroup")["LaunchTemplate"]["Version"])
 
     def test_fallback_loader_agrees_with_cfn_lint(self):
         # The tests run without cfn-lint too; both loaders must produce the same structure.
@@ -177,10 +177,17 @@ class RulesCatchBreakage(unittest.TestCase):
             prop(t, "BrokerSecurityGroup")["SecurityGroupIngress"][0]["IpProtocol"] = "-1"
         self.assertCaught(rules.rule_no_port_22, m, "all protocols")
 
-    def test_grpc_port_widened(self):
+    def test_listener_port_widened(self):
         def m(t):
-            prop(t, "ProducerSecurityGroup")["SecurityGroupIngress"][0]["ToPort"] = 65535
-        self.assertCaught(rules.rule_ingress_scope, m, "gRPC port only")
+            prop(t, "LoadBalancerSecurityGroup")["SecurityGroupIngress"][0]["ToPort"] = 65535
+        self.assertCaught(rules.rule_ingress_scope, m, "listener port only")
+
+    def test_clients_straight_to_producers(self):
+        def m(t):
+            prop(t, "ProducerSecurityGroup")["SecurityGroupIngress"].append(
+                {"IpProtocol": "tcp", "FromPort": {"Ref": "GrpcPort"}, "ToPort": {"Ref": "GrpcPort"},
+                 "CidrIp": {"Ref": "ClientCidr"}})
+        self.assertCaught(rules.rule_ingress_scope, m, "outside the load balancer")
 
     def test_public_subnet_for_workers(self):
         def m(t):
@@ -195,7 +202,7 @@ class RulesCatchBreakage(unittest.TestCase):
 
     def test_imdsv2_removed_for_instance(self):
         self.assertCaught(rules.rule_imdsv2_required,
-                          lambda t: prop(t, "ProducerInstance").pop("LaunchTemplate"), "ProducerInstance")
+                          lambda t: prop(t, "BrokerHost").pop("LaunchTemplate"), "BrokerHost")
 
     def test_imdsv2_launch_configuration(self):
         def m(t):
@@ -246,7 +253,7 @@ class RulesCatchBreakage(unittest.TestCase):
                           lambda t: prop(t, "WorkerGroup").update(DesiredCapacity="2"), "WorkerDesiredCapacity")
 
     def test_creation_policy_removed(self):
-        for name in ("ProducerInstance", "WorkerGroup", "BrokerHost"):
+        for name in ("ProducerGroup", "WorkerGroup", "BrokerHost"):
             with self.subTest(resource=name):
                 self.assertCaught(rules.rule_signals_and_rollback,
                                   lambda t, name=name: res(t, name).pop("CreationPolicy"), name)
