@@ -779,6 +779,134 @@ def rule_private_placement(t):
     return problems
 
 
+# --------------------------------------------------------------------------- issue 14: boot, IAM, front door
+
+def _role_allows(t, role, action, resource_suffix):
+    """Does an Allow statement of `role` grant `action` on a resource ending in `resource_suffix`?"""
+    for pol in items(props(t["Resources"].get(role, {})).get("Policies")):
+        for st in statements(pol.get("PolicyDocument", {})):
+            if st.get("Effect") != "Allow" or action not in items(st.get("Action")):
+                continue
+            if any((sub_text(r) or "").endswith(resource_suffix) for r in items(st.get("Resource"))):
+                return True
+    return False
+
+
+# What the shells ask of S3 (shells/worker/src/job.rs, shells/producer/src/service.rs), in AWS's
+# action names: HEAD is authorised as s3:GetObject.
+S3_NEEDS = {
+    "WorkerRole": [("s3:GetObject", "/staging/*", "fetch a staged upload"),
+                   ("s3:DeleteObject", "/staging/*", "delete the staged upload after the result"),
+                   ("s3:GetObject", "/gray/*", "HeadObject on gray/<id> on redelivery"),
+                   ("s3:PutObject", "/gray/*", "write the result"),
+                   ("s3:PutObject", "/failed/*", "write the failure marker")],
+    "ProducerRole": [("s3:PutObject", "/staging/*", "stage a large upload"),
+                     ("s3:DeleteObject", "/staging/*", "delete a staged upload whose publish failed"),
+                     ("s3:GetObject", "/gray/*", "GetJob: HeadObject on the result"),
+                     ("s3:GetObject", "/failed/*", "GetJob: read the failure marker")],
+}
+
+
+def rule_iam_matches_shells(t):
+    """Each role grants what its shell calls, and ListBucket only with an s3:prefix condition."""
+    problems = []
+    for role, needs in S3_NEEDS.items():
+        for action, suffix, why in needs:
+            if not _role_allows(t, role, action, suffix):
+                problems.append(f"{role}: lacks {action} on *{suffix} ({why})")
+        for pol in items(props(t["Resources"].get(role, {})).get("Policies")):
+            for st in statements(pol.get("PolicyDocument", {})):
+                if "s3:ListBucket" in items(st.get("Action")):
+                    cond = json.dumps(st.get("Condition", {}))
+                    if "s3:prefix" not in cond:
+                        problems.append(f"{role}: s3:ListBucket without an s3:prefix condition")
+    return problems
+
+
+def rule_front_door(t):
+    """TLS-only NLB over two public subnets, TCP health checks, producers (2+) behind it, TLS ended there."""
+    problems = []
+    lbs = resources(t, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    lb = lbs.get("ProducerLoadBalancer")
+    if lb is None:
+        return ["no ProducerLoadBalancer"]
+    p = props(lb)
+    if p.get("Type") != "network" or p.get("Scheme") != "internet-facing":
+        problems.append("ProducerLoadBalancer: not an internet-facing network load balancer")
+    subnets = {ref_name(x) for x in items(p.get("Subnets"))}
+    if subnets != {"PublicSubnet1", "PublicSubnet2"}:
+        problems.append(f"ProducerLoadBalancer: subnets {sorted(subnets)}, expected both public subnets")
+    listeners = [props(x) for x in resources(t, "AWS::ElasticLoadBalancingV2::Listener").values()
+                 if ref_name(props(x).get("LoadBalancerArn")) == "ProducerLoadBalancer"]
+    if not listeners:
+        problems.append("ProducerLoadBalancer: no listener")
+    for lp in listeners:
+        if lp.get("Protocol") != "TLS":
+            problems.append(f"listener on {lp.get('Port')!r}: protocol {lp.get('Protocol')}, plaintext gRPC offered")
+        if lp.get("AlpnPolicy") != ["HTTP2Only"]:
+            problems.append("listener: AlpnPolicy is not [HTTP2Only] (gRPC needs HTTP/2 negotiated in the handshake)")
+        certs = [ref_name(c.get("CertificateArn")) for c in items(lp.get("Certificates"))]
+        if certs != ["ProducerCertificateArn"]:
+            problems.append("listener: certificate is not the ProducerCertificateArn parameter")
+    for name, tg in resources(t, "AWS::ElasticLoadBalancingV2::TargetGroup").items():
+        if props(tg).get("HealthCheckProtocol") != "TCP":
+            problems.append(f"{name}: health check is not TCP")
+    group = props(t["Resources"].get("ProducerGroup", {}))
+    if not group:
+        problems.append("no ProducerGroup")
+    else:
+        if ref_name(group.get("MinSize")) != "ProducerCount" or \
+                int(t["Parameters"].get("ProducerCount", {}).get("MinValue", 0)) < 2:
+            problems.append("ProducerGroup: MinSize is not a ProducerCount of at least 2")
+        if not {ref_name(x) for x in items(group.get("TargetGroupARNs"))} & set(
+                resources(t, "AWS::ElasticLoadBalancingV2::TargetGroup")):
+            problems.append("ProducerGroup: not registered with the load balancer's target group")
+    text = user_data_text(t, "ProducerGroup") if group else ""
+    if "CLOUDIMG_TLS_TERMINATED=true" not in text:
+        problems.append("ProducerGroup: producers behind the TLS listener lack CLOUDIMG_TLS_TERMINATED=true")
+    out = t.get("Outputs", {}).get("ProducerEndpoint", {}).get("Value")
+    if out != {"Fn::GetAtt": ["ProducerLoadBalancer", "DNSName"]}:
+        problems.append("output ProducerEndpoint is not the load balancer's DNS name")
+    return problems
+
+
+def rule_boot_health_waits_for_broker(t):
+    """A bootstrap signals success only once its binary reports a broker connection."""
+    problems = []
+    for name in ("ProducerGroup", "WorkerGroup"):
+        text = user_data_text(t, name) if name in t["Resources"] else ""
+        if not re.search(r"curl[^\n]*127\.0\.0\.1:9100/metrics[^\n]*cloudimg_broker_connected 1", text):
+            problems.append(f"{name}: health check does not wait for cloudimg_broker_connected 1")
+    return problems
+
+
+def rule_rolling_updates_keep_one(t):
+    problems = []
+    for name, asg in resources(t, "AWS::AutoScaling::AutoScalingGroup").items():
+        rolling = asg.get("UpdatePolicy", {}).get("AutoScalingRollingUpdate", {})
+        if int(rolling.get("MinInstancesInService", 0)) < 1:
+            problems.append(f"{name}: a rolling update may take every instance out of service")
+    return problems
+
+
+def rule_broker_choices(t):
+    """Rules refuse RabbitMQ 4 off mq.m7g, a cluster on mq.t3.micro, and a cluster without quorum queues."""
+    problems = []
+    rules_ = t.get("Rules", {})
+    def guarded(pred):
+        return any(pred(json.dumps(r.get("RuleCondition", {})), json.dumps(r.get("Assertions", [])))
+                   for r in rules_.values())
+    if not guarded(lambda c, a: "'4." in c.replace('"', "'") and "mq.m7g" in a and "mq.m5" not in a):
+        problems.append("no Rule confines RabbitMQ 4.x to mq.m7g")
+    if not guarded(lambda c, a: "CLUSTER_MULTI_AZ" in c and "mq.t3.micro" in a):
+        problems.append("no Rule refuses a cluster on mq.t3.micro")
+    if not guarded(lambda c, a: "CLUSTER_MULTI_AZ" in c and "quorum" in a):
+        problems.append("no Rule requires quorum queues for a cluster")
+    if sorted(t.get("Parameters", {}).get("QueueType", {}).get("AllowedValues", [])) != ["classic", "quorum"]:
+        problems.append("no QueueType parameter (classic, quorum)")
+    return problems
+
+
 ALL_RULES = [
     rule_bucket_versioning,
     rule_bucket_encryption,
@@ -801,6 +929,11 @@ ALL_RULES = [
     rule_deletion_policies,
     rule_parameters_constrained,
     rule_private_placement,
+    rule_iam_matches_shells,
+    rule_front_door,
+    rule_boot_health_waits_for_broker,
+    rule_rolling_updates_keep_one,
+    rule_broker_choices,
 ]
 
 

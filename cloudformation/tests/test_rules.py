@@ -350,5 +350,91 @@ class RulesCatchBreakage(unittest.TestCase):
                           lambda t: t["Parameters"]["ClientCidr"].pop("AllowedPattern"), "ClientCidr")
 
 
+
+class Issue14Rules(unittest.TestCase):
+    """The rules added for issue 14 fail on the template as it was filed, and on targeted mutations."""
+
+    NEW = (rules.rule_iam_matches_shells, rules.rule_front_door, rules.rule_boot_health_waits_for_broker,
+           rules.rule_rolling_updates_keep_one, rules.rule_broker_choices)
+
+    def test_each_fails_on_the_template_before_the_issue(self):
+        before = rules.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                                         "template-before-issue-14.yaml"))
+        for rule in self.NEW:
+            with self.subTest(rule=rule.__name__):
+                self.assertTrue(rule(copy.deepcopy(before)))
+
+    def assertCaught(self, rule, mutation, expect):
+        problems = rule(mutated(mutation))
+        self.assertTrue(any(expect in p for p in problems), f"{expect!r} not in {problems}")
+
+    def test_worker_cannot_head_results(self):
+        def m(t):
+            st = [s for s in worker_policy(t) if s.get("Sid") == "CheckResultsOnRedelivery"][0]
+            st["Action"] = "s3:ListBucket"  # any other action: HEAD needs s3:GetObject
+            st["Condition"] = {"StringLike": {"s3:prefix": ["gray/*"]}}
+        self.assertCaught(rules.rule_iam_matches_shells, m, "HeadObject on gray")
+
+    def test_producer_cannot_delete_staging(self):
+        def m(t):
+            st = prop(t, "ProducerRole")["Policies"][0]["PolicyDocument"]["Statement"][0]
+            st["Action"] = [a for a in st["Action"] if a != "s3:DeleteObject"]
+        self.assertCaught(rules.rule_iam_matches_shells, m, "ProducerRole: lacks s3:DeleteObject")
+
+    def test_list_bucket_unscoped(self):
+        def m(t):
+            for st in worker_policy(t):
+                st.pop("Condition", None)
+        self.assertCaught(rules.rule_iam_matches_shells, m, "without an s3:prefix")
+
+    def test_plaintext_listener(self):
+        self.assertCaught(rules.rule_front_door, lambda t: prop(t, "ProducerListener").update(Protocol="TCP"),
+                          "plaintext")
+
+    def test_alpn_removed(self):
+        self.assertCaught(rules.rule_front_door, lambda t: prop(t, "ProducerListener").pop("AlpnPolicy"), "HTTP/2")
+
+    def test_http_health_check(self):
+        self.assertCaught(rules.rule_front_door,
+                          lambda t: prop(t, "ProducerTargetGroup").update(HealthCheckProtocol="HTTP"), "not TCP")
+
+    def test_one_az_load_balancer(self):
+        self.assertCaught(rules.rule_front_door,
+                          lambda t: prop(t, "ProducerLoadBalancer").update(Subnets=[{"Ref": "PublicSubnet1"}]),
+                          "both public subnets")
+
+    def test_tls_terminated_missing(self):
+        def m(t):
+            sub = prop(t, "ProducerLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+            sub[0] = sub[0].replace("CLOUDIMG_TLS_TERMINATED=true\n", "")
+        self.assertCaught(rules.rule_front_door, m, "CLOUDIMG_TLS_TERMINATED")
+
+    def test_endpoint_output_not_the_nlb(self):
+        self.assertCaught(rules.rule_front_door,
+                          lambda t: t["Outputs"]["ProducerEndpoint"].update(Value="127.0.0.1:50051"), "DNS name")
+
+    def test_health_check_without_broker_metric(self):
+        def m(t):
+            sub = prop(t, "WorkerLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+            sub[0] = sub[0].replace("cloudimg_broker_connected 1", "cloudimg_up 1")
+        self.assertCaught(rules.rule_boot_health_waits_for_broker, m, "WorkerGroup")
+
+    def test_rolling_update_empties_group(self):
+        self.assertCaught(rules.rule_rolling_updates_keep_one,
+                          lambda t: res(t, "WorkerGroup")["UpdatePolicy"]["AutoScalingRollingUpdate"].update(
+                              MinInstancesInService=0), "WorkerGroup")
+
+    def test_broker_rules_removed(self):
+        for name, expect in (("RabbitMq4RunsOnM7gOnly", "mq.m7g"), ("NoClusterOnT3Micro", "t3.micro"),
+                             ("ClusterNeedsQuorumQueues", "quorum")):
+            with self.subTest(rule=name):
+                self.assertCaught(rules.rule_broker_choices, lambda t, name=name: t["Rules"].pop(name), expect)
+
+    def test_m5_allowed_for_rabbitmq_4(self):
+        def m(t):
+            t["Rules"]["RabbitMq4RunsOnM7gOnly"]["Assertions"][0]["Assert"]["Fn::Contains"][0].append("mq.m5.large")
+        self.assertCaught(rules.rule_broker_choices, m, "mq.m7g")
+
+
 if __name__ == "__main__":
     unittest.main()
