@@ -434,7 +434,9 @@ def rule_ingress_scope(t):
                 problems.append(f"{where}: ingress from foreign group {src}")
             for _, lo, hi in port_branches(rule):
                 grpc_from_lb = src == "LoadBalancerSecurityGroup" and lo == hi and ref_name(lo) == "GrpcPort"
-                if not grpc_from_lb and (lo != hi or _int_or_ref(lo, t) not in (5671, 5672)):
+                target = ref_name(rule.get("GroupId")) or where
+                mq_api = target == "BrokerSecurityGroup" and src == "ProducerSecurityGroup" and lo == hi == 443
+                if not grpc_from_lb and not mq_api and (lo != hi or _int_or_ref(lo, t) not in (5671, 5672)):
                     problems.append(f"{where}: group ingress on {lo!r}-{hi!r}, expected the broker port "
                                     f"(or gRPC from the load balancer)")
         else:
@@ -534,8 +536,9 @@ def rule_scaling_policy(t):
             stat = m.get("MetricStat", {}).get("Metric", {})
             if stat.get("MetricName") == "MessageReadyCount":
                 namespaces = branches(stat.get("Namespace"))
-                if "AWS/AmazonMQ" not in namespaces or len(namespaces) < 2:
-                    problems.append(f"{name}: MessageReadyCount must come from AWS/AmazonMQ or the self-hosted namespace")
+                if namespaces != [BACKLOG_NAMESPACE]:
+                    problems.append(f"{name}: MessageReadyCount must come from the {BACKLOG_NAMESPACE} namespace the "
+                                    f"stack publishes in every broker mode, not {namespaces}")
                 for dims in branches(stat.get("Dimensions")):
                     if "Queue" not in {d.get("Name") for d in dims}:
                         problems.append(f"{name}: MessageReadyCount without a Queue dimension (broker-wide, not per queue)")
@@ -667,49 +670,118 @@ def rule_amazon_mq(t):
     return problems
 
 
-def _scaling_custom_metric(t):
+BACKLOG_NAMESPACE = "cloudimg"
+BACKLOG_METRICS = ("MessageReadyCount", "MessageUnacknowledgedCount")
+
+
+def _backlog_dimensions(t):
+    """Dimension names the scaling policy reads the ready count with."""
     for pol in resources(t, "AWS::AutoScaling::ScalingPolicy").values():
         for m in props(pol).get("TargetTrackingConfiguration", {}).get("CustomizedMetricSpecification", {}).get("Metrics", []):
             metric = m.get("MetricStat", {}).get("Metric", {})
             if metric.get("MetricName") == "MessageReadyCount":
-                namespaces = [n for n in branches(metric.get("Namespace")) if n != "AWS/AmazonMQ"]
-                dims = [d for d in branches(metric.get("Dimensions"))
-                        if "Broker" not in {x.get("Name") for x in d}]
-                return namespaces, dims
-    return [], []
+                return sorted({d.get("Name") for d in items(metric.get("Dimensions"))})
+    return None
 
 
-def rule_self_hosted_publishes_backlog(t):
-    """In self-hosted mode the broker host publishes what the scaling policy reads."""
+def rule_backlog_published(t):
+    """In each broker mode a bootstrap that always runs publishes the work queue's own counts (every
+    minute, with the dimensions the policy reads), and its role may publish to that namespace only."""
     problems = []
-    hosts = list(resources(t, "AWS::EC2::Instance"))
-    if not hosts:
-        return ["no self-hosted broker instance"]
-    namespaces, dims = _scaling_custom_metric(t)
-    if len(namespaces) != 1 or len(dims) != 1:
-        return ["scaling policy has no self-hosted (custom namespace) branch"]
-    namespace, dim_names = namespaces[0], sorted(d["Name"] for d in dims[0])
-    for host in hosts:
-        text = user_data_text(t, host) or ""
-        if "put-metric-data" not in text or f"--namespace {namespace}" not in text \
-                or "--metric-name MessageReadyCount" not in text:
-            problems.append(f"{host}: does not publish MessageReadyCount to namespace {namespace}")
-        m = re.search(r'--dimensions "([^"]+)"', text)
+    dims = _backlog_dimensions(t)
+    if dims is None:
+        return ["scaling policy reads no MessageReadyCount"]
+    publishers = {"self-hosted": "BrokerHost", "amazon-mq": "ProducerGroup"}
+    for mode, who in publishers.items():
+        if who not in t.get("Resources", {}):
+            problems.append(f"{mode}: {who} missing")
+            continue
+        text = user_data_text(t, who) or ""
+        for metric in BACKLOG_METRICS:
+            if not re.search(rf"put-metric-data[^\n]*--namespace {BACKLOG_NAMESPACE}[^\n]*\n[^\n]*--metric-name {metric}",
+                             text):
+                problems.append(f"{mode}: {who} does not publish {metric} to namespace {BACKLOG_NAMESPACE}")
+        m = re.search(r'dims="([^"]+)"', text)
         published = sorted(kv.split("=", 1)[0] for kv in m.group(1).split(",")) if m else []
-        if published != dim_names:
-            problems.append(f"{host}: publishes dimensions {published}, the policy reads {dim_names}")
+        if published != dims:
+            problems.append(f"{mode}: {who} publishes dimensions {published}, the policy reads {dims}")
         if "timer" not in text or "OnUnitActiveSec=60" not in text:
-            problems.append(f"{host}: does not publish every minute")
+            problems.append(f"{mode}: {who} does not publish every minute")
+        if "messages_ready" not in text or "messages_unacknowledged" not in text:
+            problems.append(f"{mode}: {who} does not read the queue's own ready and unacknowledged counts")
     allowed = False
     for where, doc in policy_documents(t):
         for st in statements(doc):
             if "cloudwatch:PutMetricData" in as_list(st.get("Action")) and st.get("Effect") == "Allow":
-                if st.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace") == namespace:
+                if st.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace") == BACKLOG_NAMESPACE:
                     allowed = True
                 else:
-                    problems.append(f"{where}: PutMetricData not confined to namespace {namespace}")
+                    problems.append(f"{where}: PutMetricData not confined to namespace {BACKLOG_NAMESPACE}")
     if not allowed:
         problems.append("no role may publish the backlog metric")
+    return problems
+
+
+def _alarm_for(t, policy):
+    for name, alarm in resources(t, "AWS::CloudWatch::Alarm").items():
+        if policy in {ref_name(a) for a in items(props(alarm).get("AlarmActions"))}:
+            return name, props(alarm)
+    return None, {}
+
+
+def _returned_expression(alarm):
+    returned = [m for m in alarm.get("Metrics", []) if m.get("ReturnData") is not False]
+    return returned[0].get("Expression", "") if len(returned) == 1 else ""
+
+
+def _ids_of(alarm, namespace, metric_name):
+    return {m.get("Id") for m in alarm.get("Metrics", [])
+            if m.get("MetricStat", {}).get("Metric", {}).get("MetricName") == metric_name
+            and m.get("MetricStat", {}).get("Metric", {}).get("Namespace") == namespace}
+
+
+def rule_scale_to_zero_and_back(t):
+    """WorkerMinSize may be 0; an idle alarm sets the group to 0, and scale-out from zero watches the raw
+    ready count while nothing is in service, never dividing by in-service instances."""
+    problems = []
+    if int(t.get("Parameters", {}).get("WorkerMinSize", {}).get("MinValue", 1)) != 0:
+        problems.append("WorkerMinSize cannot be 0")
+    steps = {n: props(p) for n, p in resources(t, "AWS::AutoScaling::ScalingPolicy").items()
+             if props(p).get("PolicyType") == "StepScaling" and props(p).get("AdjustmentType") == "ExactCapacity"}
+    to_zero = [n for n, p in steps.items() if [s.get("ScalingAdjustment") for s in p.get("StepAdjustments", [])] == [0]]
+    from_zero = [n for n, p in steps.items() if any(int(s.get("ScalingAdjustment", 0)) >= 1
+                                                    for s in p.get("StepAdjustments", []))]
+    if not to_zero:
+        problems.append("no policy sets the workers to zero")
+    for policy in to_zero:
+        name, alarm = _alarm_for(t, policy)
+        if not name:
+            problems.append(f"{policy}: no alarm triggers it")
+            continue
+        if ref_name(alarm.get("EvaluationPeriods")) != "WorkerIdleMinutes":
+            problems.append(f"{name}: idle time is not the WorkerIdleMinutes parameter")
+        if alarm.get("TreatMissingData") not in ("notBreaching", "missing"):
+            problems.append(f"{name}: missing data would count as an idle queue")
+        expr = _returned_expression(alarm).replace(" ", "")
+        ready = _ids_of(alarm, BACKLOG_NAMESPACE, "MessageReadyCount")
+        unacked = _ids_of(alarm, BACKLOG_NAMESPACE, "MessageUnacknowledgedCount")
+        if not any(f"{r}+{u}" in expr or f"{u}+{r}" in expr for r in ready for u in unacked):
+            problems.append(f"{name}: idle is not 'nothing ready and nothing unacknowledged' ({expr!r})")
+    if not from_zero:
+        problems.append("no policy brings the workers back from zero")
+    for policy in from_zero:
+        name, alarm = _alarm_for(t, policy)
+        if not name:
+            problems.append(f"{policy}: no alarm triggers it")
+            continue
+        expr = _returned_expression(alarm).replace(" ", "")
+        ready = _ids_of(alarm, BACKLOG_NAMESPACE, "MessageReadyCount")
+        inservice = _ids_of(alarm, "AWS/AutoScaling", "GroupInServiceInstances")
+        if not ready or not any(r in expr for r in ready):
+            problems.append(f"{name}: scale-out from zero does not read the raw ready count")
+        if any(re.search(rf"/\s*(FILL\()?{i}\b", expr) for i in inservice) or "/" in expr:
+            problems.append(f"{name}: scale-out from zero divides by in-service instances ({expr!r}); "
+                            f"at zero that has no value and the alarm never fires")
     return problems
 
 
@@ -924,7 +996,8 @@ ALL_RULES = [
     rule_signals_and_rollback,
     rule_service_units,
     rule_amazon_mq,
-    rule_self_hosted_publishes_backlog,
+    rule_backlog_published,
+    rule_scale_to_zero_and_back,
     rule_outputs,
     rule_deletion_policies,
     rule_parameters_constrained,

@@ -319,7 +319,7 @@ class X86StackInMoto(unittest.TestCase):
         self.assertIn("CLOUDIMG_TLS_TERMINATED=true\n", self.user_data("ProducerLaunchTemplate"))
         self.assertIn(f"--auto-scaling-group-name '{self.name}-workers'", self.user_data("WorkerLaunchTemplate"))
         broker_text = self.user_data("BrokerHostLaunchTemplate")
-        self.assertIn(f'--dimensions "Stack={self.name},Queue=$queue"', broker_text)
+        self.assertIn(f'dims="Stack={self.name},Queue=$queue"', broker_text)
 
     def test_worker_group(self):
         asg = client("autoscaling").describe_auto_scaling_groups(

@@ -245,8 +245,7 @@ class RulesCatchBreakage(unittest.TestCase):
             metric = prop(t, "WorkerBacklogScaling")["TargetTrackingConfiguration"]["CustomizedMetricSpecification"][
                 "Metrics"][0]["MetricStat"]["Metric"]
             metric["Namespace"] = "AWS/AmazonMQ"
-        self.assertCaught(rules.rule_scaling_policy, m, "self-hosted")
-        self.assertCaught(rules.rule_self_hosted_publishes_backlog, m)
+        self.assertCaught(rules.rule_scaling_policy, m, "cloudimg namespace")
 
     def test_desired_not_a_parameter(self):
         self.assertCaught(rules.rule_scaling_policy,
@@ -317,19 +316,53 @@ class RulesCatchBreakage(unittest.TestCase):
             sub = prop(t, "BrokerHostLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
             prop(t, "BrokerHostLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"] = \
                 sub.replace("put-metric-data", "list-metrics")
-        self.assertCaught(rules.rule_self_hosted_publishes_backlog, m, "MessageReadyCount")
+        self.assertCaught(rules.rule_backlog_published, m, "self-hosted: BrokerHost does not publish MessageReadyCount")
+
+    def test_amazon_mq_mode_stops_publishing(self):
+        def m(t):
+            sub = prop(t, "ProducerLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+            sub[0] = sub[0].replace("--metric-name MessageUnacknowledgedCount", "--metric-name Unacked")
+        self.assertCaught(rules.rule_backlog_published, m, "amazon-mq: ProducerGroup does not publish MessageUnack")
 
     def test_self_hosted_publishes_other_dimensions(self):
         def m(t):
             ud = prop(t, "BrokerHostLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]
-            ud["Fn::Sub"] = ud["Fn::Sub"].replace('"Stack=${AWS::StackName},Queue=$queue"', '"Queue=$queue"')
-        self.assertCaught(rules.rule_self_hosted_publishes_backlog, m, "dimensions")
+            ud["Fn::Sub"] = ud["Fn::Sub"].replace('dims="Stack=${AWS::StackName},Queue=$queue"', 'dims="Queue=$queue"')
+        self.assertCaught(rules.rule_backlog_published, m, "dimensions")
 
     def test_put_metric_data_unconfined(self):
         def m(t):
             stmt = prop(t, "BrokerHostRole")["Policies"][0]["PolicyDocument"]["Statement"][1]
             stmt.pop("Condition")
-        self.assertCaught(rules.rule_self_hosted_publishes_backlog, m, "namespace")
+        self.assertCaught(rules.rule_backlog_published, m, "namespace")
+
+    # --- scaling to zero and back
+    def test_scale_out_from_zero_divides_by_in_service(self):
+        def m(t):
+            alarm = prop(t, "WorkerBacklogWithoutWorkersAlarm")
+            alarm["Metrics"][2]["Expression"] = "ready / inservice"
+        self.assertCaught(rules.rule_scale_to_zero_and_back, m, "divides by in-service")
+
+    def test_scale_out_from_zero_removed(self):
+        self.assertCaught(rules.rule_scale_to_zero_and_back,
+                          lambda t: t["Resources"].pop("WorkerBacklogWithoutWorkersAlarm"), "no alarm triggers")
+
+    def test_idle_ignores_unacked(self):
+        def m(t):
+            prop(t, "WorkerQueueIdleAlarm")["Metrics"][2]["Expression"] = "ready"
+        self.assertCaught(rules.rule_scale_to_zero_and_back, m, "nothing unacknowledged")
+
+    def test_idle_time_fixed(self):
+        self.assertCaught(rules.rule_scale_to_zero_and_back,
+                          lambda t: prop(t, "WorkerQueueIdleAlarm").update(EvaluationPeriods=15), "WorkerIdleMinutes")
+
+    def test_missing_data_counts_as_idle(self):
+        self.assertCaught(rules.rule_scale_to_zero_and_back,
+                          lambda t: prop(t, "WorkerQueueIdleAlarm").update(TreatMissingData="breaching"), "missing data")
+
+    def test_min_size_cannot_be_zero(self):
+        self.assertCaught(rules.rule_scale_to_zero_and_back,
+                          lambda t: t["Parameters"]["WorkerMinSize"].update(MinValue=1), "cannot be 0")
 
     # --- hygiene
     def test_output_removed(self):
@@ -355,7 +388,8 @@ class Issue14Rules(unittest.TestCase):
     """The rules added for issue 14 fail on the template as it was filed, and on targeted mutations."""
 
     NEW = (rules.rule_iam_matches_shells, rules.rule_front_door, rules.rule_boot_health_waits_for_broker,
-           rules.rule_rolling_updates_keep_one, rules.rule_broker_choices)
+           rules.rule_rolling_updates_keep_one, rules.rule_broker_choices, rules.rule_backlog_published,
+           rules.rule_scale_to_zero_and_back)
 
     def test_each_fails_on_the_template_before_the_issue(self):
         before = rules.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
