@@ -818,7 +818,7 @@ def rule_parameters_constrained(t):
             continue
         if ptype == "String" and not ("AllowedValues" in par or "AllowedPattern" in par):
             problems.append(f"parameter {name}: unconstrained string")
-        if ptype == "Number" and not ("MinValue" in par and "MaxValue" in par):
+        if ptype == "Number" and not ("MinValue" in par and "MaxValue" in par) and "AllowedValues" not in par:
             problems.append(f"parameter {name}: number without MinValue and MaxValue")
     return problems
 
@@ -979,6 +979,54 @@ def rule_broker_choices(t):
     return problems
 
 
+def rule_operators_watch(t):
+    """Every bootstrap runs the observability setup; logs kept LogRetentionDays; the issue's alarms
+    notify the SNS topic; one dashboard of throughput, latency, backlog, errors and fleet size."""
+    problems = []
+    for who in ("ProducerGroup", "WorkerGroup", "BrokerHost"):
+        text = user_data_text(t, who) if who in t.get("Resources", {}) else ""
+        if not re.search(r"cloudimg-observe (producer|worker|broker)\b", text or ""):
+            problems.append(f"{who}: does not run the observability setup (CloudWatch agent, journal shipping)")
+    setup = sub_text(props(t["Resources"].get("ObservabilitySetup", {})).get("Value")) or ""
+    for needed in ("amazon-cloudwatch-agent", "journalctl --follow", "127.0.0.1:9100", "fetch-config"):
+        if needed not in setup:
+            problems.append(f"ObservabilitySetup: lacks {needed}")
+    groups = resources(t, "AWS::Logs::LogGroup")
+    if not groups:
+        problems.append("no log group")
+    for name, g in groups.items():
+        if ref_name(props(g).get("RetentionInDays")) != "LogRetentionDays":
+            problems.append(f"{name}: retention is not the LogRetentionDays parameter")
+    topics = set(resources(t, "AWS::SNS::Topic"))
+    alarms = resources(t, "AWS::CloudWatch::Alarm")
+    def watched(pred):
+        return [n for n, a in alarms.items() if pred(json.dumps(props(a)))
+                and {ref_name(x) for x in items(props(a).get("AlarmActions"))} & topics]
+    wanted = {
+        "dead letters present": lambda j: ".dead" in j and "MessageReadyCount" in j,
+        "backlog high while at maximum size": lambda j: "WorkerMaxSize" in j and "MessageReadyCount" in j,
+        "broker memory (Amazon MQ)": lambda j: "RabbitMQMemUsed" in j,
+        "broker disk (Amazon MQ)": lambda j: "RabbitMQDiskFree" in j,
+        "broker memory (self-hosted)": lambda j: "mem_used_percent" in j,
+        "broker disk (self-hosted)": lambda j: "disk_used_percent" in j,
+        "producer targets unhealthy": lambda j: "UnHealthyHostCount" in j,
+        "worker error rate": lambda j: "cloudimg_job_errors_total" in j,
+    }
+    for what, pred in wanted.items():
+        if not watched(pred):
+            problems.append(f"no alarm to SNS for {what}")
+    if "AlarmEmail" not in t.get("Parameters", {}) or not resources(t, "AWS::SNS::Subscription"):
+        problems.append("no AlarmEmail parameter subscribed to the topic")
+    boards = resources(t, "AWS::CloudWatch::Dashboard")
+    body = json.dumps([props(b).get("DashboardBody") for b in boards.values()])
+    for what, needle in (("throughput", "cloudimg_jobs_total"), ("latency", "cloudimg_job_seconds"),
+                         ("backlog", "MessageReadyCount"), ("errors", "cloudimg_job_errors_total"),
+                         ("fleet size", "GroupInServiceInstances")):
+        if needle not in body:
+            problems.append(f"dashboard lacks {what} ({needle})")
+    return problems
+
+
 ALL_RULES = [
     rule_bucket_versioning,
     rule_bucket_encryption,
@@ -998,6 +1046,7 @@ ALL_RULES = [
     rule_amazon_mq,
     rule_backlog_published,
     rule_scale_to_zero_and_back,
+    rule_operators_watch,
     rule_outputs,
     rule_deletion_policies,
     rule_parameters_constrained,

@@ -327,7 +327,7 @@ class RulesCatchBreakage(unittest.TestCase):
     def test_self_hosted_publishes_other_dimensions(self):
         def m(t):
             ud = prop(t, "BrokerHostLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]
-            ud["Fn::Sub"] = ud["Fn::Sub"].replace('dims="Stack=${AWS::StackName},Queue=$queue"', 'dims="Queue=$queue"')
+            ud["Fn::Sub"] = ud["Fn::Sub"].replace('dims="Stack=${AWS::StackName},Queue=$q"', 'dims="Queue=$q"')
         self.assertCaught(rules.rule_backlog_published, m, "dimensions")
 
     def test_put_metric_data_unconfined(self):
@@ -360,6 +360,31 @@ class RulesCatchBreakage(unittest.TestCase):
         self.assertCaught(rules.rule_scale_to_zero_and_back,
                           lambda t: prop(t, "WorkerQueueIdleAlarm").update(TreatMissingData="breaching"), "missing data")
 
+    # --- operators
+    def test_alarm_not_notifying(self):
+        self.assertCaught(rules.rule_operators_watch,
+                          lambda t: prop(t, "DeadLettersAlarm").pop("AlarmActions"), "dead letters")
+
+    def test_error_rate_alarm_removed(self):
+        self.assertCaught(rules.rule_operators_watch,
+                          lambda t: t["Resources"].pop("WorkerErrorRateAlarm"), "worker error rate")
+
+    def test_fixed_log_retention(self):
+        self.assertCaught(rules.rule_operators_watch,
+                          lambda t: prop(t, "JournalLogGroup").update(RetentionInDays=7), "LogRetentionDays")
+
+    def test_worker_without_agent(self):
+        def m(t):
+            sub = prop(t, "WorkerLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+            sub[0] = sub[0].replace("bash /usr/local/sbin/cloudimg-observe worker", "true")
+        self.assertCaught(rules.rule_operators_watch, m, "WorkerGroup: does not run the observability")
+
+    def test_dashboard_without_fleet(self):
+        def m(t):
+            body = prop(t, "Dashboard")["DashboardBody"]["Fn::Sub"]
+            body[0] = body[0].replace("GroupInServiceInstances", "GroupDesiredCapacity")
+        self.assertCaught(rules.rule_operators_watch, m, "fleet size")
+
     def test_min_size_cannot_be_zero(self):
         self.assertCaught(rules.rule_scale_to_zero_and_back,
                           lambda t: t["Parameters"]["WorkerMinSize"].update(MinValue=1), "cannot be 0")
@@ -389,7 +414,7 @@ class Issue14Rules(unittest.TestCase):
 
     NEW = (rules.rule_iam_matches_shells, rules.rule_front_door, rules.rule_boot_health_waits_for_broker,
            rules.rule_rolling_updates_keep_one, rules.rule_broker_choices, rules.rule_backlog_published,
-           rules.rule_scale_to_zero_and_back)
+           rules.rule_scale_to_zero_and_back, rules.rule_operators_watch)
 
     def test_each_fails_on_the_template_before_the_issue(self):
         before = rules.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
