@@ -4,7 +4,9 @@
 #   2. structural rules over the template, each proven able to fail (tests/test_rules.py);
 #   3. the stack created in a moto server (tests/test_moto_stack.py), the boot-route model
 #      (tests/test_reachability.py) and the other tests under tests/;
-#   4. checkov (pinned, in its own virtualenv under ~/.cache so its pins never move cfn-lint's or
+#   4. shellcheck over every script the instances run, and the bootstraps run in a throwaway root
+#      with recording stand-ins (tests/test_userdata.py);
+#   5. checkov (pinned, in its own virtualenv under ~/.cache so its pins never move cfn-lint's or
 #      moto's), offline (BC_SKIP_MAPPING=TRUE): any failed check fails; suppressions are inline,
 #      each with a reason, and listed in docs/aws.md.
 #
@@ -46,6 +48,17 @@ if [ "$("$CHECKOV_VENV/bin/python" -c 'import importlib.metadata as m; print(m.v
     "$PY" -m venv "$CHECKOV_VENV"
     "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
 fi
+
+# shellcheck for the instances' scripts (tests/test_userdata.py renders and checks them).
+if ! command -v shellcheck >/dev/null 2>&1; then
+    echo "check.sh: installing shellcheck (apt)"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q shellcheck >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q shellcheck >/dev/null 2>&1; } || true
+    fi
+    command -v shellcheck >/dev/null 2>&1 || { echo "check.sh: shellcheck missing; install it (apt install shellcheck)" >&2; exit 1; }
+fi
+export CLOUDIMG_REQUIRE_SHELLCHECK=1
 
 status=0
 
