@@ -6,7 +6,9 @@
 #      (tests/test_reachability.py) and the other tests under tests/;
 #   4. shellcheck over every script the instances run, and the bootstraps run in a throwaway root
 #      with recording stand-ins (tests/test_userdata.py);
-#   5. checkov (pinned, in its own virtualenv under ~/.cache so its pins never move cfn-lint's or
+#   5. the shells' S3 paths (debug binaries, local RabbitMQ) under the template's own IAM statements
+#      in a second, IAM-enforcing moto server (tests/test_iam_moto.py);
+#   6. checkov (pinned, in its own virtualenv under ~/.cache so its pins never move cfn-lint's or
 #      moto's), offline (BC_SKIP_MAPPING=TRUE): any failed check fails; suppressions are inline,
 #      each with a reason, and listed in docs/aws.md.
 #
@@ -20,6 +22,7 @@ set -euo pipefail
 CFN_LINT_VERSION=1.51.0
 MOTO_VERSION=5.2.1
 CHECKOV_VERSION=3.3.30
+PIKA_VERSION=1.4.4
 CHECKOV_VENV="${CLOUDIMG_CHECKOV_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cloudimg-checkov-$CHECKOV_VERSION}"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +44,7 @@ ensure() { # ensure DIST VERSION PIP_SPEC [IMPORT_CHECK]
 
 ensure cfn-lint "$CFN_LINT_VERSION" "cfn-lint==$CFN_LINT_VERSION"
 ensure moto "$MOTO_VERSION" "moto[server]==$MOTO_VERSION" "import flask, flask_cors, boto3"
+ensure pika "$PIKA_VERSION" "pika==$PIKA_VERSION"
 
 if [ "$("$CHECKOV_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("checkov"))' 2>/dev/null)" \
         != "$CHECKOV_VERSION" ]; then
