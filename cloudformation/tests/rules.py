@@ -1027,6 +1027,37 @@ def rule_operators_watch(t):
     return problems
 
 
+ARM_FAMILY = re.compile(r"^[a-z]+\d+g[a-z]*\.")  # c7g., c7gn., m8g., t4g. (Graviton)
+
+
+def rule_instance_types_match_architecture(t):
+    """Rules refuse an explicit instance type of the other architecture, for every instance type
+    parameter; each list holds only its architecture's families and the template's defaults."""
+    problems = []
+    defaults = {"arm64": {"c7g.large", "c7g.xlarge", "t4g.medium"}, "x86_64": {"c7i.large", "c7i.xlarge", "t3.medium"}}
+    for arch in ("arm64", "x86_64"):
+        found = [r for r in t.get("Rules", {}).values()
+                 if r.get("RuleCondition") == {"Fn::Equals": [{"Ref": "Architecture"}, arch]}]
+        if not found:
+            problems.append(f"no Rule for Architecture {arch}")
+            continue
+        for par in ("ProducerInstanceType", "WorkerInstanceType", "BrokerInstanceType"):
+            lists = []
+            for a in found[0].get("Assertions", []):
+                text = json.dumps(a.get("Assert"))
+                if f'"Ref": "{par}"' in text and "Fn::Contains" in text:
+                    lists += [x for x in json.loads(text).get("Fn::Or", [{}, {}])[1].get("Fn::Contains", [[]])[0]]
+            if not lists:
+                problems.append(f"{arch}: {par} is not checked against the architecture")
+                continue
+            wrong = [x for x in lists if bool(ARM_FAMILY.match(x)) != (arch == "arm64")]
+            if wrong:
+                problems.append(f"{arch}: {par} list allows other-architecture types {wrong[:5]}")
+            if not defaults[arch] & set(lists):
+                problems.append(f"{arch}: {par} list lacks the template's default types")
+    return problems
+
+
 ALL_RULES = [
     rule_bucket_versioning,
     rule_bucket_encryption,
@@ -1047,6 +1078,7 @@ ALL_RULES = [
     rule_backlog_published,
     rule_scale_to_zero_and_back,
     rule_operators_watch,
+    rule_instance_types_match_architecture,
     rule_outputs,
     rule_deletion_policies,
     rule_parameters_constrained,

@@ -414,7 +414,8 @@ class Issue14Rules(unittest.TestCase):
 
     NEW = (rules.rule_iam_matches_shells, rules.rule_front_door, rules.rule_boot_health_waits_for_broker,
            rules.rule_rolling_updates_keep_one, rules.rule_broker_choices, rules.rule_backlog_published,
-           rules.rule_scale_to_zero_and_back, rules.rule_operators_watch)
+           rules.rule_scale_to_zero_and_back, rules.rule_operators_watch,
+           rules.rule_instance_types_match_architecture)
 
     def test_each_fails_on_the_template_before_the_issue(self):
         before = rules.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
@@ -488,6 +489,15 @@ class Issue14Rules(unittest.TestCase):
                              ("ClusterNeedsQuorumQueues", "quorum")):
             with self.subTest(rule=name):
                 self.assertCaught(rules.rule_broker_choices, lambda t, name=name: t["Rules"].pop(name), expect)
+
+    def test_x86_type_allowed_on_arm(self):
+        def m(t):
+            t["Rules"]["Arm64InstanceTypes"]["Assertions"][1]["Assert"]["Fn::Or"][1]["Fn::Contains"][0].append("c7i.large")
+        self.assertCaught(rules.rule_instance_types_match_architecture, m, "other-architecture")
+
+    def test_architecture_rule_removed(self):
+        self.assertCaught(rules.rule_instance_types_match_architecture,
+                          lambda t: t["Rules"].pop("X86InstanceTypes"), "x86_64")
 
     def test_m5_allowed_for_rabbitmq_4(self):
         def m(t):
