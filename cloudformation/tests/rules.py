@@ -1058,6 +1058,31 @@ def rule_instance_types_match_architecture(t):
     return problems
 
 
+def rule_broker_data_retained(t):
+    """The self-hosted broker keeps its queues on a volume of its own that outlives the instance,
+    and can run on a pinned AMI."""
+    problems = []
+    host = t["Resources"].get("BrokerHost")
+    if host is None:
+        return ["no BrokerHost"]
+    vols = [ref_name(v.get("VolumeId")) for v in items(props(host).get("Volumes"))]
+    volumes = resources(t, "AWS::EC2::Volume")
+    if not vols or vols[0] not in volumes:
+        return ["BrokerHost: no data volume of its own attached"]
+    vol = volumes[vols[0]]
+    for key in ("DeletionPolicy", "UpdateReplacePolicy"):
+        if vol.get(key) not in ("Retain", "Snapshot"):
+            problems.append(f"{vols[0]}: {key} {vol.get(key)!r} loses the queues")
+    if not is_true(props(vol).get("Encrypted")):
+        problems.append(f"{vols[0]}: not encrypted")
+    text = user_data_text(t, "BrokerHost") or ""
+    if "mount /var/lib/rabbitmq" not in text or "blkid /dev/sdf >/dev/null || mkfs" not in text:
+        problems.append("BrokerHost: does not mount the data volume at /var/lib/rabbitmq (formatting only a blank one)")
+    if "BrokerImageId" not in json.dumps(props(host).get("ImageId")):
+        problems.append("BrokerHost: AMI cannot be pinned")
+    return problems
+
+
 ALL_RULES = [
     rule_bucket_versioning,
     rule_bucket_encryption,
@@ -1079,6 +1104,7 @@ ALL_RULES = [
     rule_scale_to_zero_and_back,
     rule_operators_watch,
     rule_instance_types_match_architecture,
+    rule_broker_data_retained,
     rule_outputs,
     rule_deletion_policies,
     rule_parameters_constrained,

@@ -415,7 +415,7 @@ class Issue14Rules(unittest.TestCase):
     NEW = (rules.rule_iam_matches_shells, rules.rule_front_door, rules.rule_boot_health_waits_for_broker,
            rules.rule_rolling_updates_keep_one, rules.rule_broker_choices, rules.rule_backlog_published,
            rules.rule_scale_to_zero_and_back, rules.rule_operators_watch,
-           rules.rule_instance_types_match_architecture)
+           rules.rule_instance_types_match_architecture, rules.rule_broker_data_retained)
 
     def test_each_fails_on_the_template_before_the_issue(self):
         before = rules.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
@@ -489,6 +489,19 @@ class Issue14Rules(unittest.TestCase):
                              ("ClusterNeedsQuorumQueues", "quorum")):
             with self.subTest(rule=name):
                 self.assertCaught(rules.rule_broker_choices, lambda t, name=name: t["Rules"].pop(name), expect)
+
+    def test_broker_volume_deleted_with_instance(self):
+        self.assertCaught(rules.rule_broker_data_retained,
+                          lambda t: res(t, "BrokerDataVolume").update(DeletionPolicy="Delete"), "loses the queues")
+
+    def test_broker_volume_detached(self):
+        self.assertCaught(rules.rule_broker_data_retained, lambda t: prop(t, "BrokerHost").pop("Volumes"), "no data volume")
+
+    def test_broker_volume_always_formatted(self):
+        def m(t):
+            ud = prop(t, "BrokerHostLaunchTemplate")["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+            ud["Fn::Sub"] = ud["Fn::Sub"].replace("blkid /dev/sdf >/dev/null || mkfs.xfs", "mkfs.xfs")
+        self.assertCaught(rules.rule_broker_data_retained, m, "blank")
 
     def test_x86_type_allowed_on_arm(self):
         def m(t):

@@ -105,6 +105,19 @@ class Bootstraps(unittest.TestCase):
                            "docker run", "docker exec rabbitmq rabbitmq-diagnostics",
                            "aws cloudwatch put-metric-data", "cfn-signal --exit-code 0 --stack cfn-test --resource BrokerHost")
 
+    def test_broker_data_volume_formatted_once(self):
+        rc, calls, root, proc = self.run_bootstrap("broker")
+        self.assertEqual(rc, 0, proc.stderr)
+        self.assertInOrder(calls, "blkid", "mkfs.xfs -q", "mount", "docker run")
+        with open(os.path.join(root, "etc/fstab"), encoding="utf-8") as f:
+            self.assertIn("/var/lib/rabbitmq xfs defaults,nofail", f.read())
+        shutil.rmtree(self.dir)
+        os.makedirs(self.dir)
+        rc, calls, _, proc = self.run_bootstrap("broker", VOLUME_FORMATTED="1")  # a replacement host
+        self.assertEqual(rc, 0, proc.stderr)
+        self.assertFalse([c for c in calls if c.startswith("mkfs")], "an existing volume was formatted")
+        self.assertInOrder(calls, "mount", "docker run")
+
     def test_failing_step_signals_failure(self):
         rc, calls, _, _ = self.run_bootstrap("worker", CONNECT_AFTER="0", FAIL_AWS="/cloudimg-worker ")
         self.assertNotEqual(rc, 0)
@@ -135,7 +148,7 @@ class Bootstraps(unittest.TestCase):
             for line in text.splitlines():
                 if line.strip().startswith("ExecStart=/bin/sh"):
                     continue  # unit-file text, never executed here
-                self.assertNotRegex(line, r"(?<![\w.$}-])/(etc|opt|usr/local|var)/", line)
+                self.assertNotRegex(line, r"(?<![\w.$}-])/(etc/|opt/|usr/local/|var/|dev/sdf\b)", line)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ here-documents (drain watcher, queue-count publishers), so shellcheck sees each 
 run() executes a bootstrap with bash in a temporary directory: absolute paths under /etc, /opt,
 /usr/local and /var are re-rooted into it (a text substitution of those prefixes in the rendered
 script; nothing else is changed), and PATH starts with recording stand-ins for the boundaries the
-scripts cross: aws, cfn-signal, systemctl, dnf, docker, curl, useradd, install, sleep and the
-CloudWatch agent's control script. Each stand-in appends one line per call to calls.log; its
+scripts cross: aws, cfn-signal, systemctl, dnf, docker, curl, useradd, install, sleep, blkid,
+mkfs.xfs, mount and the CloudWatch agent's control script (/dev/sdf, the data volume, is re-rooted
+too, as an empty file). Each stand-in appends one line per call to calls.log; its
 behaviour is chosen by the test through environment variables (see STANDINS).
 """
 
@@ -112,6 +113,14 @@ STANDINS = {
     "dnf": 'echo "dnf $*" >> "$CALLS"',
     "useradd": 'echo "useradd $*" >> "$CALLS"',
     "sleep": 'echo "sleep $*" >> "$CALLS"',
+    # The data volume: blank on first boot ($VOLUME_FORMATTED set: it already holds the queues).
+    "blkid": textwrap.dedent("""\
+        echo "blkid $*" >> "$CALLS"
+        [ -n "${VOLUME_FORMATTED:-}" ] || exit 2
+        case "$*" in *UUID*) echo 0a1b2c3d-0000-4000-8000-000000000000 ;; esac
+        """),
+    "mkfs.xfs": 'echo "mkfs.xfs $*" >> "$CALLS"',
+    "mount": 'echo "mount $*" >> "$CALLS"',
     "amazon-cloudwatch-agent-ctl": 'echo "amazon-cloudwatch-agent-ctl $*" >> "$CALLS"',
     # install: modes and groups are the real system's business; here only the files and folders.
     "install": textwrap.dedent("""\
@@ -159,11 +168,11 @@ STANDINS = {
         """),
 }
 
-REROOT = re.compile(r"(?<![\w.$}-])/(etc|opt|usr/local|var)/")
+REROOT = re.compile(r"(?<![\w.$}-])/(etc/|opt/|usr/local/|var/|dev/sdf\b)")
 
 
 def reroot(text, root):
-    return REROOT.sub(lambda m: f"{root}/{m.group(1)}/", text)
+    return REROOT.sub(lambda m: f"{root}/{m.group(1)}", text)
 
 
 def run(t, role, workdir, mode="self-hosted", **env):
@@ -174,8 +183,10 @@ def run(t, role, workdir, mode="self-hosted", **env):
     for d in (root, state, bin_dir, os.path.join(root, "opt/aws/bin"),
               os.path.join(root, "opt/aws/amazon-cloudwatch-agent/bin"),
               os.path.join(root, "opt/aws/amazon-cloudwatch-agent/etc"), os.path.join(root, "usr/local/sbin"),
-              os.path.join(root, "etc/systemd/system"), os.path.join(root, "etc/logrotate.d")):
+              os.path.join(root, "etc/systemd/system"), os.path.join(root, "etc/logrotate.d"), os.path.join(root, "dev")):
         os.makedirs(d, exist_ok=True)
+    with open(os.path.join(root, "dev/sdf"), "w", encoding="utf-8"):
+        pass  # the attached data volume
     for name, body in STANDINS.items():
         where = {"cfn-signal": os.path.join(root, "opt/aws/bin"),
                  "amazon-cloudwatch-agent-ctl": os.path.join(root, "opt/aws/amazon-cloudwatch-agent/bin")}.get(name, bin_dir)
