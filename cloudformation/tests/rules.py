@@ -26,7 +26,8 @@ CONTRACT_ENV = {
     "AMQP_URL", "RABBIT_HOST", "CLOUDIMG_QUEUE", "BUCKET_NAME", "CLOUDIMG_OUT_DIR", "AWS_ENDPOINT_URL",
     "AWS_REGION", "CLOUDIMG_LISTEN", "CLOUDIMG_PRODUCER", "CLOUDIMG_MAX_UPLOAD_BYTES", "CLOUDIMG_MAX_PIXELS",
     "CLOUDIMG_STAGE_OVER_BYTES", "CLOUDIMG_CONCURRENCY", "CLOUDIMG_TOKEN", "CLOUDIMG_TLS_CERT",
-    "CLOUDIMG_TLS_KEY", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG", "CLOUDIMG_LOG_FORMAT",
+    "CLOUDIMG_TLS_KEY", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG", "CLOUDIMG_LOG_FORMAT", "CLOUDIMG_TLS_TERMINATED",
+    "CLOUDIMG_QUEUE_TYPE", "CLOUDIMG_MEMORY_BUDGET", "CLOUDIMG_JOB_TIMEOUT",
 }
 
 
@@ -407,7 +408,8 @@ def rule_no_port_22(t):
 
 
 def rule_ingress_scope(t):
-    """Ingress is only the gRPC port from the client CIDR parameter, or the broker port from our own groups."""
+    """Ingress: the listener port from the client CIDR parameter (the load balancer's group only), the
+    gRPC port from the load balancer's group, or the broker port from our own groups."""
     problems = []
     our_groups = set(resources(t, "AWS::EC2::SecurityGroup"))
     params = t.get("Parameters", {})
@@ -422,15 +424,21 @@ def rule_ingress_scope(t):
                 problems.append(f"{where}: ingress from literal CIDR {cidr!r} instead of a parameter")
             elif params[pname].get("Default") in ("0.0.0.0/0",):
                 problems.append(f"{where}: CIDR parameter {pname} defaults to the whole internet")
+            if where != "LoadBalancerSecurityGroup":
+                problems.append(f"{where}: CIDR ingress outside the load balancer's group")
             for _, lo, hi in port_branches(rule):
-                if lo != hi or ref_name(lo) != "GrpcPort":
-                    problems.append(f"{where}: CIDR ingress on ports {lo!r}-{hi!r}, expected the gRPC port only")
+                if lo != hi or ref_name(lo) != "ListenerPort":
+                    problems.append(f"{where}: CIDR ingress on ports {lo!r}-{hi!r}, expected the listener port only")
         elif src is not None:
             if src not in our_groups:
                 problems.append(f"{where}: ingress from foreign group {src}")
             for _, lo, hi in port_branches(rule):
-                if lo != hi or _int_or_ref(lo, t) not in (5671, 5672):
-                    problems.append(f"{where}: group ingress on {lo!r}-{hi!r}, expected the broker port")
+                grpc_from_lb = src == "LoadBalancerSecurityGroup" and lo == hi and ref_name(lo) == "GrpcPort"
+                target = ref_name(rule.get("GroupId")) or where
+                mq_api = target == "BrokerSecurityGroup" and src == "ProducerSecurityGroup" and lo == hi == 443
+                if not grpc_from_lb and not mq_api and (lo != hi or _int_or_ref(lo, t) not in (5671, 5672)):
+                    problems.append(f"{where}: group ingress on {lo!r}-{hi!r}, expected the broker port "
+                                    f"(or gRPC from the load balancer)")
         else:
             problems.append(f"{where}: ingress rule without a source")
     return problems
@@ -498,6 +506,8 @@ def rule_ami_from_public_ssm(t):
             holders.append((name, data["ImageId"]))
     for name, image in holders:
         refs = {ref_name(b) for b in branches(image)}
+        if name == "BrokerHost":  # may be pinned: its data must survive an AL2023 release (docs/aws.md)
+            refs.discard("BrokerImageId")
         if refs != set(ami_params.values()):
             problems.append(f"{name}: ImageId {image!r} does not choose between the AL2023 SSM parameters by architecture")
     return problems
@@ -526,8 +536,9 @@ def rule_scaling_policy(t):
             stat = m.get("MetricStat", {}).get("Metric", {})
             if stat.get("MetricName") == "MessageReadyCount":
                 namespaces = branches(stat.get("Namespace"))
-                if "AWS/AmazonMQ" not in namespaces or len(namespaces) < 2:
-                    problems.append(f"{name}: MessageReadyCount must come from AWS/AmazonMQ or the self-hosted namespace")
+                if namespaces != [BACKLOG_NAMESPACE]:
+                    problems.append(f"{name}: MessageReadyCount must come from the {BACKLOG_NAMESPACE} namespace the "
+                                    f"stack publishes in every broker mode, not {namespaces}")
                 for dims in branches(stat.get("Dimensions")):
                     if "Queue" not in {d.get("Name") for d in dims}:
                         problems.append(f"{name}: MessageReadyCount without a Queue dimension (broker-wide, not per queue)")
@@ -546,8 +557,8 @@ def rule_scaling_policy(t):
             expr = returned[0]["Expression"].replace(" ", "")
             if not any(f"{r}/{i}" in expr for r in ready_ids for i in inservice_ids):
                 problems.append(f"{name}: expression {returned[0]['Expression']!r} is not ready / in-service")
-    for g, asg in groups.items():
-        p = props(asg)
+    for g in {ref_name(props(pol).get("AutoScalingGroupName")) for _, pol in policies} & set(groups):
+        p = props(groups[g])
         for key, par in (("MinSize", "WorkerMinSize"), ("MaxSize", "WorkerMaxSize")):
             if ref_name(p.get(key)) != par:
                 problems.append(f"{g}: {key} is not the {par} parameter")
@@ -589,10 +600,10 @@ def rule_service_units(t):
     """Producer and worker units: contract env names only, systemd drain and restart settings."""
     problems = []
     wanted = {
-        "ProducerInstance": ("cloudimg-producer", {"AMQP_URL", "CLOUDIMG_QUEUE", "BUCKET_NAME", "AWS_REGION",
-                                                   "CLOUDIMG_LISTEN", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG",
-                                                   "CLOUDIMG_LOG_FORMAT", "CLOUDIMG_TOKEN"}),
-        "WorkerGroup": ("cloudimg-worker", {"AMQP_URL", "CLOUDIMG_QUEUE", "BUCKET_NAME", "AWS_REGION",
+        "ProducerGroup": ("cloudimg-producer", {"AMQP_URL", "CLOUDIMG_QUEUE", "CLOUDIMG_QUEUE_TYPE", "BUCKET_NAME",
+                                                "AWS_REGION", "CLOUDIMG_LISTEN", "CLOUDIMG_METRICS_LISTEN", "RUST_LOG",
+                                                "CLOUDIMG_LOG_FORMAT", "CLOUDIMG_TOKEN", "CLOUDIMG_TLS_TERMINATED"}),
+        "WorkerGroup": ("cloudimg-worker", {"AMQP_URL", "CLOUDIMG_QUEUE", "CLOUDIMG_QUEUE_TYPE", "BUCKET_NAME", "AWS_REGION",
                                             "CLOUDIMG_METRICS_LISTEN", "RUST_LOG", "CLOUDIMG_LOG_FORMAT",
                                             "CLOUDIMG_CONCURRENCY"}),
     }
@@ -659,49 +670,118 @@ def rule_amazon_mq(t):
     return problems
 
 
-def _scaling_custom_metric(t):
+BACKLOG_NAMESPACE = "cloudimg"
+BACKLOG_METRICS = ("MessageReadyCount", "MessageUnacknowledgedCount")
+
+
+def _backlog_dimensions(t):
+    """Dimension names the scaling policy reads the ready count with."""
     for pol in resources(t, "AWS::AutoScaling::ScalingPolicy").values():
         for m in props(pol).get("TargetTrackingConfiguration", {}).get("CustomizedMetricSpecification", {}).get("Metrics", []):
             metric = m.get("MetricStat", {}).get("Metric", {})
             if metric.get("MetricName") == "MessageReadyCount":
-                namespaces = [n for n in branches(metric.get("Namespace")) if n != "AWS/AmazonMQ"]
-                dims = [d for d in branches(metric.get("Dimensions"))
-                        if "Broker" not in {x.get("Name") for x in d}]
-                return namespaces, dims
-    return [], []
+                return sorted({d.get("Name") for d in items(metric.get("Dimensions"))})
+    return None
 
 
-def rule_self_hosted_publishes_backlog(t):
-    """In self-hosted mode the broker host publishes what the scaling policy reads."""
+def rule_backlog_published(t):
+    """In each broker mode a bootstrap that always runs publishes the work queue's own counts (every
+    minute, with the dimensions the policy reads), and its role may publish to that namespace only."""
     problems = []
-    hosts = [n for n, r in resources(t, "AWS::EC2::Instance").items() if n != "ProducerInstance"]
-    if not hosts:
-        return ["no self-hosted broker instance"]
-    namespaces, dims = _scaling_custom_metric(t)
-    if len(namespaces) != 1 or len(dims) != 1:
-        return ["scaling policy has no self-hosted (custom namespace) branch"]
-    namespace, dim_names = namespaces[0], sorted(d["Name"] for d in dims[0])
-    for host in hosts:
-        text = user_data_text(t, host) or ""
-        if "put-metric-data" not in text or f"--namespace {namespace}" not in text \
-                or "--metric-name MessageReadyCount" not in text:
-            problems.append(f"{host}: does not publish MessageReadyCount to namespace {namespace}")
-        m = re.search(r'--dimensions "([^"]+)"', text)
+    dims = _backlog_dimensions(t)
+    if dims is None:
+        return ["scaling policy reads no MessageReadyCount"]
+    publishers = {"self-hosted": "BrokerHost", "amazon-mq": "ProducerGroup"}
+    for mode, who in publishers.items():
+        if who not in t.get("Resources", {}):
+            problems.append(f"{mode}: {who} missing")
+            continue
+        text = user_data_text(t, who) or ""
+        for metric in BACKLOG_METRICS:
+            if not re.search(rf"put-metric-data[^\n]*--namespace {BACKLOG_NAMESPACE}[^\n]*\n[^\n]*--metric-name {metric}",
+                             text):
+                problems.append(f"{mode}: {who} does not publish {metric} to namespace {BACKLOG_NAMESPACE}")
+        m = re.search(r'dims="([^"]+)"', text)
         published = sorted(kv.split("=", 1)[0] for kv in m.group(1).split(",")) if m else []
-        if published != dim_names:
-            problems.append(f"{host}: publishes dimensions {published}, the policy reads {dim_names}")
+        if published != dims:
+            problems.append(f"{mode}: {who} publishes dimensions {published}, the policy reads {dims}")
         if "timer" not in text or "OnUnitActiveSec=60" not in text:
-            problems.append(f"{host}: does not publish every minute")
+            problems.append(f"{mode}: {who} does not publish every minute")
+        if "messages_ready" not in text or "messages_unacknowledged" not in text:
+            problems.append(f"{mode}: {who} does not read the queue's own ready and unacknowledged counts")
     allowed = False
     for where, doc in policy_documents(t):
         for st in statements(doc):
             if "cloudwatch:PutMetricData" in as_list(st.get("Action")) and st.get("Effect") == "Allow":
-                if st.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace") == namespace:
+                if st.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace") == BACKLOG_NAMESPACE:
                     allowed = True
                 else:
-                    problems.append(f"{where}: PutMetricData not confined to namespace {namespace}")
+                    problems.append(f"{where}: PutMetricData not confined to namespace {BACKLOG_NAMESPACE}")
     if not allowed:
         problems.append("no role may publish the backlog metric")
+    return problems
+
+
+def _alarm_for(t, policy):
+    for name, alarm in resources(t, "AWS::CloudWatch::Alarm").items():
+        if policy in {ref_name(a) for a in items(props(alarm).get("AlarmActions"))}:
+            return name, props(alarm)
+    return None, {}
+
+
+def _returned_expression(alarm):
+    returned = [m for m in alarm.get("Metrics", []) if m.get("ReturnData") is not False]
+    return returned[0].get("Expression", "") if len(returned) == 1 else ""
+
+
+def _ids_of(alarm, namespace, metric_name):
+    return {m.get("Id") for m in alarm.get("Metrics", [])
+            if m.get("MetricStat", {}).get("Metric", {}).get("MetricName") == metric_name
+            and m.get("MetricStat", {}).get("Metric", {}).get("Namespace") == namespace}
+
+
+def rule_scale_to_zero_and_back(t):
+    """WorkerMinSize may be 0; an idle alarm sets the group to 0, and scale-out from zero watches the raw
+    ready count while nothing is in service, never dividing by in-service instances."""
+    problems = []
+    if int(t.get("Parameters", {}).get("WorkerMinSize", {}).get("MinValue", 1)) != 0:
+        problems.append("WorkerMinSize cannot be 0")
+    steps = {n: props(p) for n, p in resources(t, "AWS::AutoScaling::ScalingPolicy").items()
+             if props(p).get("PolicyType") == "StepScaling" and props(p).get("AdjustmentType") == "ExactCapacity"}
+    to_zero = [n for n, p in steps.items() if [s.get("ScalingAdjustment") for s in p.get("StepAdjustments", [])] == [0]]
+    from_zero = [n for n, p in steps.items() if any(int(s.get("ScalingAdjustment", 0)) >= 1
+                                                    for s in p.get("StepAdjustments", []))]
+    if not to_zero:
+        problems.append("no policy sets the workers to zero")
+    for policy in to_zero:
+        name, alarm = _alarm_for(t, policy)
+        if not name:
+            problems.append(f"{policy}: no alarm triggers it")
+            continue
+        if ref_name(alarm.get("EvaluationPeriods")) != "WorkerIdleMinutes":
+            problems.append(f"{name}: idle time is not the WorkerIdleMinutes parameter")
+        if alarm.get("TreatMissingData") not in ("notBreaching", "missing"):
+            problems.append(f"{name}: missing data would count as an idle queue")
+        expr = _returned_expression(alarm).replace(" ", "")
+        ready = _ids_of(alarm, BACKLOG_NAMESPACE, "MessageReadyCount")
+        unacked = _ids_of(alarm, BACKLOG_NAMESPACE, "MessageUnacknowledgedCount")
+        if not any(f"{r}+{u}" in expr or f"{u}+{r}" in expr for r in ready for u in unacked):
+            problems.append(f"{name}: idle is not 'nothing ready and nothing unacknowledged' ({expr!r})")
+    if not from_zero:
+        problems.append("no policy brings the workers back from zero")
+    for policy in from_zero:
+        name, alarm = _alarm_for(t, policy)
+        if not name:
+            problems.append(f"{policy}: no alarm triggers it")
+            continue
+        expr = _returned_expression(alarm).replace(" ", "")
+        ready = _ids_of(alarm, BACKLOG_NAMESPACE, "MessageReadyCount")
+        inservice = _ids_of(alarm, "AWS/AutoScaling", "GroupInServiceInstances")
+        if not ready or not any(r in expr for r in ready):
+            problems.append(f"{name}: scale-out from zero does not read the raw ready count")
+        if any(re.search(rf"/\s*(FILL\()?{i}\b", expr) for i in inservice) or "/" in expr:
+            problems.append(f"{name}: scale-out from zero divides by in-service instances ({expr!r}); "
+                            f"at zero that has no value and the alarm never fires")
     return problems
 
 
@@ -738,7 +818,7 @@ def rule_parameters_constrained(t):
             continue
         if ptype == "String" and not ("AllowedValues" in par or "AllowedPattern" in par):
             problems.append(f"parameter {name}: unconstrained string")
-        if ptype == "Number" and not ("MinValue" in par and "MaxValue" in par):
+        if ptype == "Number" and not ("MinValue" in par and "MaxValue" in par) and "AllowedValues" not in par:
             problems.append(f"parameter {name}: number without MinValue and MaxValue")
     return problems
 
@@ -766,8 +846,240 @@ def rule_private_placement(t):
         if not zones or not zones <= private:
             problems.append(f"{name}: not in private subnets")
     for name, inst in resources(t, "AWS::EC2::Instance").items():
-        if name != "ProducerInstance" and ref_name(props(inst).get("SubnetId")) not in private:
+        if ref_name(props(inst).get("SubnetId")) not in private:
             problems.append(f"{name}: not in a private subnet")
+    return problems
+
+
+# --------------------------------------------------------------------------- issue 14: boot, IAM, front door
+
+def _role_allows(t, role, action, resource_suffix):
+    """Does an Allow statement of `role` grant `action` on a resource ending in `resource_suffix`?"""
+    for pol in items(props(t["Resources"].get(role, {})).get("Policies")):
+        for st in statements(pol.get("PolicyDocument", {})):
+            if st.get("Effect") != "Allow" or action not in items(st.get("Action")):
+                continue
+            if any((sub_text(r) or "").endswith(resource_suffix) for r in items(st.get("Resource"))):
+                return True
+    return False
+
+
+# What the shells ask of S3 (shells/worker/src/job.rs, shells/producer/src/service.rs), in AWS's
+# action names: HEAD is authorised as s3:GetObject.
+S3_NEEDS = {
+    "WorkerRole": [("s3:GetObject", "/staging/*", "fetch a staged upload"),
+                   ("s3:DeleteObject", "/staging/*", "delete the staged upload after the result"),
+                   ("s3:GetObject", "/gray/*", "HeadObject on gray/<id> on redelivery"),
+                   ("s3:PutObject", "/gray/*", "write the result"),
+                   ("s3:PutObject", "/failed/*", "write the failure marker")],
+    "ProducerRole": [("s3:PutObject", "/staging/*", "stage a large upload"),
+                     ("s3:DeleteObject", "/staging/*", "delete a staged upload whose publish failed"),
+                     ("s3:GetObject", "/gray/*", "GetJob: HeadObject on the result"),
+                     ("s3:GetObject", "/failed/*", "GetJob: read the failure marker")],
+}
+
+
+def rule_iam_matches_shells(t):
+    """Each role grants what its shell calls, and ListBucket only with an s3:prefix condition."""
+    problems = []
+    for role, needs in S3_NEEDS.items():
+        for action, suffix, why in needs:
+            if not _role_allows(t, role, action, suffix):
+                problems.append(f"{role}: lacks {action} on *{suffix} ({why})")
+        for pol in items(props(t["Resources"].get(role, {})).get("Policies")):
+            for st in statements(pol.get("PolicyDocument", {})):
+                if "s3:ListBucket" in items(st.get("Action")):
+                    cond = json.dumps(st.get("Condition", {}))
+                    if "s3:prefix" not in cond:
+                        problems.append(f"{role}: s3:ListBucket without an s3:prefix condition")
+    return problems
+
+
+def rule_front_door(t):
+    """TLS-only NLB over two public subnets, TCP health checks, producers (2+) behind it, TLS ended there."""
+    problems = []
+    lbs = resources(t, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    lb = lbs.get("ProducerLoadBalancer")
+    if lb is None:
+        return ["no ProducerLoadBalancer"]
+    p = props(lb)
+    if p.get("Type") != "network" or p.get("Scheme") != "internet-facing":
+        problems.append("ProducerLoadBalancer: not an internet-facing network load balancer")
+    subnets = {ref_name(x) for x in items(p.get("Subnets"))}
+    if subnets != {"PublicSubnet1", "PublicSubnet2"}:
+        problems.append(f"ProducerLoadBalancer: subnets {sorted(subnets)}, expected both public subnets")
+    listeners = [props(x) for x in resources(t, "AWS::ElasticLoadBalancingV2::Listener").values()
+                 if ref_name(props(x).get("LoadBalancerArn")) == "ProducerLoadBalancer"]
+    if not listeners:
+        problems.append("ProducerLoadBalancer: no listener")
+    for lp in listeners:
+        if lp.get("Protocol") != "TLS":
+            problems.append(f"listener on {lp.get('Port')!r}: protocol {lp.get('Protocol')}, plaintext gRPC offered")
+        if lp.get("AlpnPolicy") != ["HTTP2Only"]:
+            problems.append("listener: AlpnPolicy is not [HTTP2Only] (gRPC needs HTTP/2 negotiated in the handshake)")
+        certs = [ref_name(c.get("CertificateArn")) for c in items(lp.get("Certificates"))]
+        if certs != ["ProducerCertificateArn"]:
+            problems.append("listener: certificate is not the ProducerCertificateArn parameter")
+    for name, tg in resources(t, "AWS::ElasticLoadBalancingV2::TargetGroup").items():
+        if props(tg).get("HealthCheckProtocol") != "TCP":
+            problems.append(f"{name}: health check is not TCP")
+    group = props(t["Resources"].get("ProducerGroup", {}))
+    if not group:
+        problems.append("no ProducerGroup")
+    else:
+        if ref_name(group.get("MinSize")) != "ProducerCount" or \
+                int(t["Parameters"].get("ProducerCount", {}).get("MinValue", 0)) < 2:
+            problems.append("ProducerGroup: MinSize is not a ProducerCount of at least 2")
+        if not {ref_name(x) for x in items(group.get("TargetGroupARNs"))} & set(
+                resources(t, "AWS::ElasticLoadBalancingV2::TargetGroup")):
+            problems.append("ProducerGroup: not registered with the load balancer's target group")
+    text = user_data_text(t, "ProducerGroup") if group else ""
+    if "CLOUDIMG_TLS_TERMINATED=true" not in text:
+        problems.append("ProducerGroup: producers behind the TLS listener lack CLOUDIMG_TLS_TERMINATED=true")
+    out = t.get("Outputs", {}).get("ProducerEndpoint", {}).get("Value")
+    if out != {"Fn::GetAtt": ["ProducerLoadBalancer", "DNSName"]}:
+        problems.append("output ProducerEndpoint is not the load balancer's DNS name")
+    return problems
+
+
+def rule_boot_health_waits_for_broker(t):
+    """A bootstrap signals success only once its binary reports a broker connection."""
+    problems = []
+    for name in ("ProducerGroup", "WorkerGroup"):
+        text = user_data_text(t, name) if name in t["Resources"] else ""
+        if not re.search(r"curl[^\n]*127\.0\.0\.1:9100/metrics[^\n]*cloudimg_broker_connected 1", text):
+            problems.append(f"{name}: health check does not wait for cloudimg_broker_connected 1")
+    return problems
+
+
+def rule_rolling_updates_keep_one(t):
+    problems = []
+    for name, asg in resources(t, "AWS::AutoScaling::AutoScalingGroup").items():
+        rolling = asg.get("UpdatePolicy", {}).get("AutoScalingRollingUpdate", {})
+        if int(rolling.get("MinInstancesInService", 0)) < 1:
+            problems.append(f"{name}: a rolling update may take every instance out of service")
+    return problems
+
+
+def rule_broker_choices(t):
+    """Rules refuse RabbitMQ 4 off mq.m7g, a cluster on mq.t3.micro, and a cluster without quorum queues."""
+    problems = []
+    rules_ = t.get("Rules", {})
+    def guarded(pred):
+        return any(pred(json.dumps(r.get("RuleCondition", {})), json.dumps(r.get("Assertions", [])))
+                   for r in rules_.values())
+    if not guarded(lambda c, a: "'4." in c.replace('"', "'") and "mq.m7g" in a and "mq.m5" not in a):
+        problems.append("no Rule confines RabbitMQ 4.x to mq.m7g")
+    if not guarded(lambda c, a: "CLUSTER_MULTI_AZ" in c and "mq.t3.micro" in a):
+        problems.append("no Rule refuses a cluster on mq.t3.micro")
+    if not guarded(lambda c, a: "CLUSTER_MULTI_AZ" in c and "quorum" in a):
+        problems.append("no Rule requires quorum queues for a cluster")
+    if sorted(t.get("Parameters", {}).get("QueueType", {}).get("AllowedValues", [])) != ["classic", "quorum"]:
+        problems.append("no QueueType parameter (classic, quorum)")
+    return problems
+
+
+def rule_operators_watch(t):
+    """Every bootstrap runs the observability setup; logs kept LogRetentionDays; the issue's alarms
+    notify the SNS topic; one dashboard of throughput, latency, backlog, errors and fleet size."""
+    problems = []
+    for who in ("ProducerGroup", "WorkerGroup", "BrokerHost"):
+        text = user_data_text(t, who) if who in t.get("Resources", {}) else ""
+        if not re.search(r"cloudimg-observe (producer|worker|broker)\b", text or ""):
+            problems.append(f"{who}: does not run the observability setup (CloudWatch agent, journal shipping)")
+    setup = sub_text(props(t["Resources"].get("ObservabilitySetup", {})).get("Value")) or ""
+    for needed in ("amazon-cloudwatch-agent", "journalctl --follow", "127.0.0.1:9100", "fetch-config"):
+        if needed not in setup:
+            problems.append(f"ObservabilitySetup: lacks {needed}")
+    groups = resources(t, "AWS::Logs::LogGroup")
+    if not groups:
+        problems.append("no log group")
+    for name, g in groups.items():
+        if ref_name(props(g).get("RetentionInDays")) != "LogRetentionDays":
+            problems.append(f"{name}: retention is not the LogRetentionDays parameter")
+    topics = set(resources(t, "AWS::SNS::Topic"))
+    alarms = resources(t, "AWS::CloudWatch::Alarm")
+    def watched(pred):
+        return [n for n, a in alarms.items() if pred(json.dumps(props(a)))
+                and {ref_name(x) for x in items(props(a).get("AlarmActions"))} & topics]
+    wanted = {
+        "dead letters present": lambda j: ".dead" in j and "MessageReadyCount" in j,
+        "backlog high while at maximum size": lambda j: "WorkerMaxSize" in j and "MessageReadyCount" in j,
+        "broker memory (Amazon MQ)": lambda j: "RabbitMQMemUsed" in j,
+        "broker disk (Amazon MQ)": lambda j: "RabbitMQDiskFree" in j,
+        "broker memory (self-hosted)": lambda j: "mem_used_percent" in j,
+        "broker disk (self-hosted)": lambda j: "disk_used_percent" in j,
+        "producer targets unhealthy": lambda j: "UnHealthyHostCount" in j,
+        "worker error rate": lambda j: "cloudimg_job_errors_total" in j,
+    }
+    for what, pred in wanted.items():
+        if not watched(pred):
+            problems.append(f"no alarm to SNS for {what}")
+    if "AlarmEmail" not in t.get("Parameters", {}) or not resources(t, "AWS::SNS::Subscription"):
+        problems.append("no AlarmEmail parameter subscribed to the topic")
+    boards = resources(t, "AWS::CloudWatch::Dashboard")
+    body = json.dumps([props(b).get("DashboardBody") for b in boards.values()])
+    for what, needle in (("throughput", "cloudimg_jobs_total"), ("latency", "cloudimg_job_seconds"),
+                         ("backlog", "MessageReadyCount"), ("errors", "cloudimg_job_errors_total"),
+                         ("fleet size", "GroupInServiceInstances")):
+        if needle not in body:
+            problems.append(f"dashboard lacks {what} ({needle})")
+    return problems
+
+
+ARM_FAMILY = re.compile(r"^[a-z]+\d+g[a-z]*\.")  # c7g., c7gn., m8g., t4g. (Graviton)
+
+
+def rule_instance_types_match_architecture(t):
+    """Rules refuse an explicit instance type of the other architecture, for every instance type
+    parameter; each list holds only its architecture's families and the template's defaults."""
+    problems = []
+    defaults = {"arm64": {"c7g.large", "c7g.xlarge", "t4g.medium"}, "x86_64": {"c7i.large", "c7i.xlarge", "t3.medium"}}
+    for arch in ("arm64", "x86_64"):
+        found = [r for r in t.get("Rules", {}).values()
+                 if r.get("RuleCondition") == {"Fn::Equals": [{"Ref": "Architecture"}, arch]}]
+        if not found:
+            problems.append(f"no Rule for Architecture {arch}")
+            continue
+        for par in ("ProducerInstanceType", "WorkerInstanceType", "BrokerInstanceType"):
+            lists = []
+            for a in found[0].get("Assertions", []):
+                text = json.dumps(a.get("Assert"))
+                if f'"Ref": "{par}"' in text and "Fn::Contains" in text:
+                    lists += [x for x in json.loads(text).get("Fn::Or", [{}, {}])[1].get("Fn::Contains", [[]])[0]]
+            if not lists:
+                problems.append(f"{arch}: {par} is not checked against the architecture")
+                continue
+            wrong = [x for x in lists if bool(ARM_FAMILY.match(x)) != (arch == "arm64")]
+            if wrong:
+                problems.append(f"{arch}: {par} list allows other-architecture types {wrong[:5]}")
+            if not defaults[arch] & set(lists):
+                problems.append(f"{arch}: {par} list lacks the template's default types")
+    return problems
+
+
+def rule_broker_data_retained(t):
+    """The self-hosted broker keeps its queues on a volume of its own that outlives the instance,
+    and can run on a pinned AMI."""
+    problems = []
+    host = t["Resources"].get("BrokerHost")
+    if host is None:
+        return ["no BrokerHost"]
+    vols = [ref_name(v.get("VolumeId")) for v in items(props(host).get("Volumes"))]
+    volumes = resources(t, "AWS::EC2::Volume")
+    if not vols or vols[0] not in volumes:
+        return ["BrokerHost: no data volume of its own attached"]
+    vol = volumes[vols[0]]
+    for key in ("DeletionPolicy", "UpdateReplacePolicy"):
+        if vol.get(key) not in ("Retain", "Snapshot"):
+            problems.append(f"{vols[0]}: {key} {vol.get(key)!r} loses the queues")
+    if not is_true(props(vol).get("Encrypted")):
+        problems.append(f"{vols[0]}: not encrypted")
+    text = user_data_text(t, "BrokerHost") or ""
+    if "mount /var/lib/rabbitmq" not in text or "blkid /dev/sdf >/dev/null || mkfs" not in text:
+        problems.append("BrokerHost: does not mount the data volume at /var/lib/rabbitmq (formatting only a blank one)")
+    if "BrokerImageId" not in json.dumps(props(host).get("ImageId")):
+        problems.append("BrokerHost: AMI cannot be pinned")
     return problems
 
 
@@ -788,11 +1100,20 @@ ALL_RULES = [
     rule_signals_and_rollback,
     rule_service_units,
     rule_amazon_mq,
-    rule_self_hosted_publishes_backlog,
+    rule_backlog_published,
+    rule_scale_to_zero_and_back,
+    rule_operators_watch,
+    rule_instance_types_match_architecture,
+    rule_broker_data_retained,
     rule_outputs,
     rule_deletion_policies,
     rule_parameters_constrained,
     rule_private_placement,
+    rule_iam_matches_shells,
+    rule_front_door,
+    rule_boot_health_waits_for_broker,
+    rule_rolling_updates_keep_one,
+    rule_broker_choices,
 ]
 
 
