@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use cloudimg_engine::Limits;
 use cloudimg_runtime::settings::{
     BrokerArgs, BrokerSettings, LimitArgs, LogArgs, Secret, ServiceArgs, ServiceSettings,
-    StoreArgs, StoreSettings, read_pem,
+    StoreArgs, StoreSettings, parse_duration, read_pem,
 };
 
 /// What the producer needs, typed and validated.
@@ -27,6 +28,33 @@ pub struct Config {
     pub tls: Option<TlsIdentity>,
     /// Metrics endpoint and drain bound.
     pub service: ServiceSettings,
+    /// How long an upload may hold a stream.
+    pub upload_bounds: UploadBounds,
+    /// HTTP/2 settings that bound what one connection can hold open.
+    pub http2: Http2Settings,
+}
+
+/// Time bounds of one upload: without them a client that stops sending holds its stream, its
+/// buffer and a drain slot forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadBounds {
+    /// Longest wait for the next message of an upload (the first one included).
+    pub idle: Duration,
+    /// Longest an upload may take from its first byte to its last.
+    pub total: Duration,
+}
+
+/// Per-connection HTTP/2 bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// A PING is sent after this much silence on a connection...
+    pub keepalive_interval: Duration,
+    /// ...and the connection is closed when its answer takes longer than this: a peer that
+    /// vanished (a NAT dropped, a host powered off) releases its streams instead of holding them
+    /// until TCP gives up hours later.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams one connection may open (tonic lifts hyper's default cap entirely).
+    pub max_streams: u32,
 }
 
 /// The server's certificate chain and private key, PEM.
@@ -68,6 +96,24 @@ pub struct Args {
     /// Private key (PEM) of CLOUDIMG_TLS_CERT.
     #[arg(long, env = "CLOUDIMG_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// An upload that sends nothing for this long is ended with DEADLINE_EXCEEDED (seconds, or
+    /// with a unit: 500ms, 2m).
+    #[arg(long, env = "CLOUDIMG_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upload_idle_timeout: Duration,
+    /// An upload still receiving after this long is ended with DEADLINE_EXCEEDED. Ten minutes is a
+    /// 64 MiB upload at 1 Mbit/s.
+    #[arg(long, env = "CLOUDIMG_UPLOAD_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub upload_timeout: Duration,
+    /// HTTP/2 keepalive: a PING after this much silence on a connection.
+    #[arg(long, env = "CLOUDIMG_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive: the connection is closed when a PING is not answered within this.
+    #[arg(long, env = "CLOUDIMG_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Concurrent upload streams per connection; a client opening more waits for one to end.
+    /// 32 is four times the client's default concurrency.
+    #[arg(long, env = "CLOUDIMG_MAX_STREAMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -87,6 +133,15 @@ impl Args {
             token: Secret::new(self.token.as_deref()),
             tls: self.tls()?,
             service: self.service.settings(),
+            upload_bounds: UploadBounds {
+                idle: self.upload_idle_timeout,
+                total: self.upload_timeout,
+            },
+            http2: Http2Settings {
+                keepalive_interval: self.keepalive_interval,
+                keepalive_timeout: self.keepalive_timeout,
+                max_streams: self.max_streams,
+            },
         })
     }
 

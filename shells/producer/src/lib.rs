@@ -19,7 +19,7 @@ use cloudimg_runtime::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Config, TlsIdentity};
+pub use config::{Args, Config, Http2Settings, TlsIdentity, UploadBounds};
 pub use service::ImageService;
 
 /// The largest gRPC message the producer decodes. Clients send chunks of at most 1 MiB; 4 MiB is
@@ -85,6 +85,9 @@ pub async fn serve(
         store = %store.as_ref().map_or("none".into(), |s| s.describe()),
         max_upload_bytes = config.limits.max_input_bytes,
         stage_over_bytes = config.stage_over_bytes,
+        upload_idle_timeout_ms = config.upload_bounds.idle.as_millis() as u64,
+        upload_timeout_ms = config.upload_bounds.total.as_millis() as u64,
+        max_streams = config.http2.max_streams,
         tls = config.tls.is_some(),
         token = config.token.is_some(),
         "producer listening"
@@ -147,6 +150,9 @@ pub async fn serve(
         .initial_connection_window_size(Some(16 << 20))
         // 1 MiB frames instead of 16 KiB: a chunk arrives in one DATA frame, not sixty-four.
         .max_frame_size(Some(1 << 20))
+        .http2_keepalive_interval(Some(config.http2.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2.keepalive_timeout))
+        .max_concurrent_streams(Some(config.http2.max_streams))
         .add_service(health_service)
         .add_service(
             ImageServiceServer::new(service)

@@ -18,7 +18,7 @@ use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::Config;
+use crate::{Config, UploadBounds};
 
 /// How long an upload waits for the broker link when it arrives mid-reconnect, before UNAVAILABLE.
 const LINK_WAIT: Duration = Duration::from_secs(2);
@@ -36,6 +36,7 @@ struct Inner {
     limits: Limits,
     stage_over_bytes: u64,
     token: Option<Secret>,
+    bounds: UploadBounds,
 }
 
 impl ImageService {
@@ -53,6 +54,7 @@ impl ImageService {
                 limits: config.limits,
                 stage_over_bytes: config.stage_over_bytes,
                 token: config.token.clone(),
+                bounds: config.upload_bounds,
             }),
         }
     }
@@ -85,11 +87,12 @@ impl Inner {
         }
     }
 
-    /// Receives the whole upload, refusing it as soon as it is known to be bad.
+    /// Receives the whole upload, refusing it as soon as it is known to be bad, or slow.
     async fn receive(
         &self,
         stream: &mut Streaming<UploadRequest>,
     ) -> Result<(proto::UploadMetadata, Bytes), Status> {
+        let mut stream = Paced::new(stream, self.bounds);
         let meta = match stream.message().await? {
             Some(UploadRequest {
                 part: Some(upload_request::Part::Metadata(meta)),
@@ -315,6 +318,41 @@ impl Inner {
     }
 }
 
+/// An upload's stream under its time bounds: each message must arrive within the idle bound and
+/// the whole upload within the total one, else DEADLINE_EXCEEDED. Returning that ends the call, so
+/// tonic closes the stream and the buffer received so far is dropped with it.
+struct Paced<'a> {
+    stream: &'a mut Streaming<UploadRequest>,
+    bounds: UploadBounds,
+    deadline: tokio::time::Instant,
+}
+
+impl<'a> Paced<'a> {
+    fn new(stream: &'a mut Streaming<UploadRequest>, bounds: UploadBounds) -> Paced<'a> {
+        Paced {
+            stream,
+            bounds,
+            deadline: tokio::time::Instant::now() + bounds.total,
+        }
+    }
+
+    async fn message(&mut self) -> Result<Option<UploadRequest>, Status> {
+        let idle_deadline = tokio::time::Instant::now() + self.bounds.idle;
+        match tokio::time::timeout_at(idle_deadline.min(self.deadline), self.stream.message()).await
+        {
+            Ok(message) => message,
+            Err(_) if idle_deadline < self.deadline => Err(Status::deadline_exceeded(format!(
+                "the upload sent nothing for {:?} (CLOUDIMG_UPLOAD_IDLE_TIMEOUT)",
+                self.bounds.idle
+            ))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the upload took longer than {:?} (CLOUDIMG_UPLOAD_TIMEOUT)",
+                self.bounds.total
+            ))),
+        }
+    }
+}
+
 fn info_mime(format: cloudimg_engine::Format) -> String {
     match format {
         cloudimg_engine::Format::Jpeg => "image/jpeg".into(),
@@ -338,6 +376,7 @@ fn outcome(code: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::Unauthenticated => "unauthenticated",
         tonic::Code::Cancelled => "cancelled",
+        tonic::Code::DeadlineExceeded => "timeout",
         _ => "error",
     }
 }

@@ -270,6 +270,37 @@ impl LimitArgs {
     }
 }
 
+/// Parses a duration setting: a number of seconds (`30`, `0.5`) or a number with a unit (`500ms`,
+/// `30s`, `2m`). Zero is refused: every duration setting is a bound, and a zero bound would refuse
+/// everything.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "expected a duration such as 30, 30s, 500ms or 2m, found unit {other:?} in {text:?}"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration such as 30, 30s, 500ms or 2m, found {text:?}"))?;
+    let duration = Duration::try_from_secs_f64(value * scale)
+        .map_err(|e| format!("{text:?} is not a usable duration: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!("a duration must be above zero, found {text:?}"));
+    }
+    Ok(duration)
+}
+
 /// Logging.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
@@ -349,6 +380,17 @@ mod tests {
             ..args
         };
         assert_eq!(args.settings(), StoreSettings::Local { dir: "out".into() });
+    }
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]
