@@ -8,7 +8,7 @@ use clap::Parser;
 use cloudimg_engine::Limits;
 use cloudimg_runtime::settings::{
     BrokerArgs, BrokerSettings, LimitArgs, LogArgs, Secret, ServiceArgs, ServiceSettings,
-    StoreArgs, StoreSettings, parse_duration, read_pem,
+    StoreArgs, StoreSettings, memory_limit, parse_bytes, parse_duration, read_pem,
 };
 
 /// What the producer needs, typed and validated.
@@ -32,7 +32,20 @@ pub struct Config {
     pub upload_bounds: UploadBounds,
     /// HTTP/2 settings that bound what one connection can hold open.
     pub http2: Http2Settings,
+    /// Bytes that all uploads in flight may hold at once.
+    pub memory_budget: u64,
 }
+
+/// The share of the process's memory (the cgroup's limit, else the machine's) that uploads in
+/// flight may hold when CLOUDIMG_MEMORY_BUDGET is unset: a quarter. A byte held can briefly
+/// exist twice (the buffer's growth step copies it; an inline job is encoded into its own
+/// message) and freed memory does not all return to the system at once, so twice the budget
+/// plus the process's own ~30 MiB stays under half: the rest is left to the kernel's page cache
+/// and to a worker sharing the host.
+pub const MEMORY_BUDGET_SHARE: u64 = 4;
+
+/// The budget when the memory cannot be read (not Linux): 1 GiB.
+const FALLBACK_MEMORY_BUDGET: u64 = 1 << 30;
 
 /// Time bounds of one upload: without them a client that stops sending holds its stream, its
 /// buffer and a drain slot forever.
@@ -114,6 +127,11 @@ pub struct Args {
     /// 32 is four times the client's default concurrency.
     #[arg(long, env = "CLOUDIMG_MAX_STREAMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
+    /// Bytes all uploads in flight may hold at once (`536870912`, `512MiB`, `2GiB`); an upload
+    /// that would take more gets RESOURCE_EXHAUSTED. By default a quarter of the cgroup's memory
+    /// limit, else of the machine's memory.
+    #[arg(long, env = "CLOUDIMG_MEMORY_BUDGET", value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -142,6 +160,9 @@ impl Args {
                 keepalive_timeout: self.keepalive_timeout,
                 max_streams: self.max_streams,
             },
+            memory_budget: self.memory_budget.unwrap_or_else(|| {
+                memory_limit().map_or(FALLBACK_MEMORY_BUDGET, |m| m / MEMORY_BUDGET_SHARE)
+            }),
         })
     }
 

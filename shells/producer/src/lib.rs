@@ -2,7 +2,8 @@
 //!
 //! It validates every upload as early as it can (the declared size before receiving anything, the
 //! magic bytes on the first chunk, the running size on every chunk, the header's dimensions with
-//! `engine::probe` before publishing), stages uploads over `CLOUDIMG_STAGE_OVER_BYTES` in the store
+//! `engine::probe` before publishing), holds the bytes of all uploads in flight within one memory
+//! budget and every upload within its deadlines, stages uploads over `CLOUDIMG_STAGE_OVER_BYTES` in the store
 //! (claim-check), publishes a persistent `ImageJob` on one long-lived, supervised broker connection
 //! and answers OK only after the broker confirmed it. `GetJob` answers from the store.
 #![forbid(unsafe_code)]
@@ -88,6 +89,7 @@ pub async fn serve(
         upload_idle_timeout_ms = config.upload_bounds.idle.as_millis() as u64,
         upload_timeout_ms = config.upload_bounds.total.as_millis() as u64,
         max_streams = config.http2.max_streams,
+        memory_budget = config.memory_budget,
         tls = config.tls.is_some(),
         token = config.token.is_some(),
         "producer listening"

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use cloudimg_engine::{ErrorKind, Limits};
 use cloudimg_runtime::amqp::{MAX_MESSAGE_BYTES, PublishError, Publisher, Topology, job_headers};
+use cloudimg_runtime::budget::{Budget, Reservation};
 use cloudimg_runtime::jobs::{self, FailureMarker, JobId};
 use cloudimg_runtime::proto::{
     self, GetJobReply, GetJobRequest, ImageJob, JobState, StagedObject, UploadReply, UploadRequest,
@@ -37,6 +38,7 @@ struct Inner {
     stage_over_bytes: u64,
     token: Option<Secret>,
     bounds: UploadBounds,
+    budget: Arc<Budget>,
 }
 
 impl ImageService {
@@ -55,6 +57,7 @@ impl ImageService {
                 stage_over_bytes: config.stage_over_bytes,
                 token: config.token.clone(),
                 bounds: config.upload_bounds,
+                budget: Budget::new(config.memory_budget),
             }),
         }
     }
@@ -91,7 +94,7 @@ impl Inner {
     async fn receive(
         &self,
         stream: &mut Streaming<UploadRequest>,
-    ) -> Result<(proto::UploadMetadata, Bytes), Status> {
+    ) -> Result<(proto::UploadMetadata, Held), Status> {
         let mut stream = Paced::new(stream, self.bounds);
         let meta = match stream.message().await? {
             Some(UploadRequest {
@@ -111,13 +114,10 @@ impl Inner {
                 meta.size
             )));
         }
-        // One buffer, sized once from the declared size (capped by the limit, so a lying client
-        // cannot make us reserve more than an honest one could).
-        let mut buf = BytesMut::with_capacity(if meta.size > 0 {
-            meta.size as usize
-        } else {
-            1 << 20
-        });
+        // The declared size is a claim, not a reservation: the buffer grows (and its share of the
+        // memory budget with it) only as bytes arrive, so a client declaring 64 MiB and sending
+        // nothing holds nothing.
+        let mut buf = Buffer::new(self.budget.reserve());
         let mut sniffed = false;
         while let Some(message) = stream.message().await? {
             match message.part {
@@ -128,7 +128,7 @@ impl Inner {
                             "upload is over the limit of {max} bytes (received {total} so far)"
                         )));
                     }
-                    buf.extend_from_slice(&chunk);
+                    buf.extend(&chunk, max)?;
                     if !sniffed && buf.len() >= 8 {
                         sniffed = true;
                         cloudimg_engine::sniff(&buf).map_err(engine_status)?;
@@ -165,7 +165,9 @@ impl Inner {
 
     async fn upload(&self, mut stream: Streaming<UploadRequest>) -> Result<UploadReply, Status> {
         let started = Instant::now();
-        let (meta, data) = self.receive(&mut stream).await?;
+        // `held` keeps the upload's share of the memory budget until it is published or refused.
+        let (meta, held) = self.receive(&mut stream).await?;
+        let data = held.data.clone();
         metrics::histogram!("cloudimg_stage_seconds", "stage" => "receive")
             .record(started.elapsed().as_secs_f64());
         let wire_options = meta.options.unwrap_or_default();
@@ -318,6 +320,68 @@ impl Inner {
     }
 }
 
+/// An upload's bytes as they arrive, in one buffer whose capacity is reserved from the memory
+/// budget before it is allocated.
+struct Buffer {
+    bytes: BytesMut,
+    reservation: Reservation,
+}
+
+impl Buffer {
+    fn new(reservation: Reservation) -> Buffer {
+        Buffer {
+            bytes: BytesMut::new(),
+            reservation,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Appends `chunk`, growing the buffer by doubling (never past `max`, the upload limit) and
+    /// the reservation by exactly the capacity added; RESOURCE_EXHAUSTED when the budget cannot
+    /// hold it. While a growth step copies, the old buffer (at most half the new one) still lives:
+    /// the default budget's share leaves room for that.
+    fn extend(&mut self, chunk: &[u8], max: u64) -> Result<(), Status> {
+        let needed = self.bytes.len() + chunk.len();
+        let capacity = self.bytes.capacity();
+        if needed > capacity {
+            let target = (capacity * 2).max(64 << 10).min(max as usize).max(needed);
+            self.reservation
+                .grow((target - capacity) as u64)
+                .map_err(|e| Status::resource_exhausted(format!("{e} (CLOUDIMG_MEMORY_BUDGET)")))?;
+            metrics::gauge!("cloudimg_upload_bytes_reserved")
+                .set(self.reservation.budget().used() as f64);
+            let mut grown = BytesMut::with_capacity(target);
+            grown.extend_from_slice(&self.bytes);
+            self.bytes = grown;
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn freeze(self) -> Held {
+        Held {
+            data: self.bytes.freeze(),
+            _reservation: self.reservation,
+        }
+    }
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A received upload with its share of the memory budget, released when this is dropped.
+struct Held {
+    data: Bytes,
+    _reservation: Reservation,
+}
+
 /// An upload's stream under its time bounds: each message must arrive within the idle bound and
 /// the whole upload within the total one, else DEADLINE_EXCEEDED. Returning that ends the call, so
 /// tonic closes the stream and the buffer received so far is dropped with it.
@@ -391,6 +455,7 @@ impl proto::image_service_server::ImageService for ImageService {
             Ok(()) => self.inner.upload(request.into_inner()).await,
             Err(status) => Err(status),
         };
+        metrics::gauge!("cloudimg_upload_bytes_reserved").set(self.inner.budget.used() as f64);
         let outcome = match &result {
             Ok(_) => "accepted",
             Err(status) => {

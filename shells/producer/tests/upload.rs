@@ -171,6 +171,7 @@ fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
             keepalive_timeout: Duration::from_secs(10),
             max_streams: 32,
         },
+        memory_budget: 1 << 30,
     }
 }
 

@@ -301,6 +301,56 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a byte count: a plain number, or one with a binary (`KiB`, `MiB`, `GiB`) or decimal (`KB`,
+/// `MB`, `GB`) unit, as operators write memory sizes (`512MiB`).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "expected a size such as 536870912, 512MiB or 2GiB, found unit {other:?} in {text:?}"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("expected a size such as 536870912, 512MiB or 2GiB, found {text:?}"))
+}
+
+/// The memory this process may use: the cgroup v2 limit (`/sys/fs/cgroup/memory.max`), else the
+/// cgroup v1 limit, else the machine's `MemTotal`; `None` when none of them can be read (not Linux).
+/// Read once at startup, at the edge, to derive the default memory budgets.
+pub fn memory_limit() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let machine = read("/proc/meminfo").and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    // "max" (v2) or a huge number (v1's "no limit") mean unlimited: the machine decides.
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (cgroup, machine) {
+        (Some(c), Some(m)) => Some(c.min(m)),
+        (c, m) => c.or(m),
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
@@ -383,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_read_as_operators_write_them() {
+    fn durations_and_sizes_read_as_operators_write_them() {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
@@ -391,6 +441,13 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("5 days").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1 GB"), Ok(1_000_000_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+        assert!(memory_limit().is_some_and(|m| m > 1 << 20));
     }
 
     #[test]
