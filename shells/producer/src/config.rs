@@ -34,6 +34,8 @@ pub struct Config {
     pub http2: Http2Settings,
     /// Bytes that all uploads in flight may hold at once.
     pub memory_budget: u64,
+    /// Longest wait for the broker's confirm of a job before UNAVAILABLE.
+    pub confirm_timeout: Duration,
 }
 
 /// The share of the process's memory (the cgroup's limit, else the machine's) that uploads in
@@ -132,6 +134,10 @@ pub struct Args {
     /// limit, else of the machine's memory.
     #[arg(long, env = "CLOUDIMG_MEMORY_BUDGET", value_parser = parse_bytes)]
     pub memory_budget: Option<u64>,
+    /// Longest wait for the broker's publisher confirm before the upload gets UNAVAILABLE. A
+    /// staged upload is kept then: the broker may hold the job.
+    #[arg(long, env = "CLOUDIMG_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub confirm_timeout: Duration,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -163,6 +169,7 @@ impl Args {
             memory_budget: self.memory_budget.unwrap_or_else(|| {
                 memory_limit().map_or(FALLBACK_MEMORY_BUDGET, |m| m / MEMORY_BUDGET_SHARE)
             }),
+            confirm_timeout: self.confirm_timeout,
         })
     }
 

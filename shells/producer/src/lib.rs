@@ -70,6 +70,7 @@ pub async fn serve(
         config.broker.clone(),
         format!("cloudimg-producer {addr}"),
         topology.clone(),
+        config.confirm_timeout,
         link_stop.clone(),
     );
     {
@@ -90,13 +91,15 @@ pub async fn serve(
         upload_timeout_ms = config.upload_bounds.total.as_millis() as u64,
         max_streams = config.http2.max_streams,
         memory_budget = config.memory_budget,
+        confirm_timeout_ms = config.confirm_timeout.as_millis() as u64,
         tls = config.tls.is_some(),
         token = config.token.is_some(),
         "producer listening"
     );
 
-    // Health follows the broker link: NOT_SERVING while uploads would get UNAVAILABLE, so a load
-    // balancer sends them to another producer, and from the moment a drain begins.
+    // Health follows the broker link: NOT_SERVING while uploads would get UNAVAILABLE (no link,
+    // or a link the broker blocked under a resource alarm), so a load balancer sends them to
+    // another producer, and from the moment a drain begins.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<ImageServiceServer<ImageService>>()
@@ -106,11 +109,16 @@ pub async fn serve(
         let mut publisher = publisher.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut up = publisher.is_connected();
+            let mut state = publisher.state();
+            let mut was_connected = false;
             loop {
-                metrics::gauge!("cloudimg_broker_connected").set(if up { 1.0 } else { 0.0 });
-                if up {
+                metrics::gauge!("cloudimg_broker_connected").set(f64::from(state.connected));
+                metrics::gauge!("cloudimg_broker_blocked").set(f64::from(state.blocked));
+                if state.connected && !was_connected {
                     metrics::counter!("cloudimg_broker_connects_total").increment(1);
+                }
+                was_connected = state.connected;
+                if state.usable() {
                     health
                         .set_serving::<ImageServiceServer<ImageService>>()
                         .await;
@@ -121,7 +129,7 @@ pub async fn serve(
                 }
                 tokio::select! {
                     changed = publisher.link_changed() => match changed {
-                        Some(now) => up = now,
+                        Some(now) => state = now,
                         None => break,
                     },
                     _ = shutdown.cancelled() => {

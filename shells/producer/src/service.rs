@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cloudimg_engine::{ErrorKind, Limits};
-use cloudimg_runtime::amqp::{MAX_MESSAGE_BYTES, PublishError, Publisher, Topology, job_headers};
+use cloudimg_runtime::amqp::{MAX_MESSAGE_BYTES, Publisher, Topology, job_headers};
 use cloudimg_runtime::budget::{Budget, Reservation};
 use cloudimg_runtime::jobs::{self, FailureMarker, JobId};
 use cloudimg_runtime::proto::{
@@ -165,6 +165,12 @@ impl Inner {
 
     async fn upload(&self, mut stream: Streaming<UploadRequest>) -> Result<UploadReply, Status> {
         let started = Instant::now();
+        // A broker under a memory or disk alarm takes nothing: say so now, before receiving.
+        if self.publisher.state().blocked {
+            return Err(Status::unavailable(
+                "the broker is blocked by a resource alarm; retry later",
+            ));
+        }
         // `held` keeps the upload's share of the memory budget until it is published or refused.
         let (meta, held) = self.receive(&mut stream).await?;
         let data = held.data.clone();
@@ -231,16 +237,21 @@ impl Inner {
         metrics::histogram!("cloudimg_stage_seconds", "stage" => "publish")
             .record(publish_started.elapsed().as_secs_f64());
         if let Err(e) = published {
-            tracing::warn!(%job_id, error = %e, "job not accepted by the broker");
-            if staged && let Some(store) = &self.store {
+            // Only a definite refusal frees the staged upload: after an unconfirmed publish the
+            // broker may hold the job, and its worker will need the staged bytes.
+            let keep = e.broker_may_hold();
+            tracing::warn!(%job_id, error = %e, staged, kept_staged = staged && keep, "job not accepted by the broker");
+            if staged
+                && !keep
+                && let Some(store) = &self.store
+            {
                 let _ = store.delete(&job_id.staging_key()).await;
             }
-            return Err(match e {
-                PublishError::Unavailable(_) | PublishError::Nacked => {
-                    Status::unavailable(e.to_string())
-                }
-                PublishError::Unroutable(_) => Status::unavailable(e.to_string()),
-            });
+            return Err(Status::unavailable(if keep {
+                format!("{e}: job {job_id} may still run")
+            } else {
+                e.to_string()
+            }));
         }
         tracing::info!(
             %job_id,

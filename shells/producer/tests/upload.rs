@@ -172,6 +172,7 @@ fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
             max_streams: 32,
         },
         memory_budget: 1 << 30,
+        confirm_timeout: cloudimg_runtime::amqp::DEFAULT_CONFIRM_TIMEOUT,
     }
 }
 

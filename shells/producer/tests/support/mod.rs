@@ -328,3 +328,148 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---- a proxy between the producer and RabbitMQ, at the AMQP frame level -------------------------
+
+/// An AMQP frame on channel 0 carrying the method `class`.`method` with `arguments`.
+pub fn connection_frame(method: u16, arguments: &[u8]) -> Vec<u8> {
+    let mut payload = 10u16.to_be_bytes().to_vec(); // class 10: connection
+    payload.extend(method.to_be_bytes());
+    payload.extend(arguments);
+    let mut frame = vec![1u8, 0, 0]; // a method frame on channel 0
+    frame.extend((payload.len() as u32).to_be_bytes());
+    frame.extend(payload);
+    frame.push(0xCE);
+    frame
+}
+
+/// `connection.blocked` (method 60) with `reason`, as RabbitMQ sends it under a resource alarm.
+pub fn connection_blocked(reason: &str) -> Vec<u8> {
+    let mut arguments = vec![reason.len() as u8];
+    arguments.extend(reason.as_bytes());
+    connection_frame(60, &arguments)
+}
+
+/// `connection.unblocked` (method 61).
+pub fn connection_unblocked() -> Vec<u8> {
+    connection_frame(61, &[])
+}
+
+/// Forwards connections to RabbitMQ, reading the broker's side frame by frame so a test can
+/// insert frames of its own between them ([`FrameProxy::inject`]) or hold everything the broker
+/// sends ([`FrameProxy::hold_replies`]) while the client's side still flows.
+pub struct FrameProxy {
+    pub port: u16,
+    injectors: std::sync::Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>>>,
+    hold: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FrameProxy {
+    /// A proxy in front of the default broker, or `None` (with the reason) when `AMQP_URL`
+    /// points elsewhere: the tests never touch the shared broker's settings.
+    pub async fn start() -> Option<FrameProxy> {
+        if amqp_url() != DEFAULT_AMQP {
+            return skip(
+                "the frame proxy forwards to 127.0.0.1:5672 only, AMQP_URL points elsewhere",
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let injectors: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+        let (hold, _) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn({
+            let injectors = injectors.clone();
+            let hold = hold.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                        continue;
+                    };
+                    let (inject, injected) = tokio::sync::mpsc::unbounded_channel();
+                    injectors.lock().unwrap().push(inject);
+                    tokio::spawn(relay(client, server, injected, hold.subscribe()));
+                }
+            }
+        });
+        Some(FrameProxy {
+            port,
+            injectors,
+            hold,
+            accept,
+        })
+    }
+
+    /// The broker URL through this proxy.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Sends `frame` to every client connected through the proxy, between two of the broker's
+    /// frames; returns how many connections got it.
+    pub fn inject(&self, frame: &[u8]) -> usize {
+        let mut injectors = self.injectors.lock().unwrap();
+        injectors.retain(|i| i.send(frame.to_vec()).is_ok());
+        injectors.len()
+    }
+
+    /// Holds (or, with `false`, releases) every frame the broker sends, on every connection: a
+    /// broker that takes messages but never confirms them.
+    pub fn hold_replies(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+}
+
+impl Drop for FrameProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.injectors.lock().unwrap().clear();
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut injected: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let _ = server_write.shutdown().await;
+    });
+    // The broker's frames, whole: a 7-byte header (type, channel, size), the payload, 0xCE.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let reader = tokio::spawn(async move {
+        loop {
+            let mut frame = vec![0u8; 7];
+            if server_read.read_exact(&mut frame).await.is_err() {
+                return;
+            }
+            let size = u32::from_be_bytes(frame[3..7].try_into().unwrap()) as usize;
+            frame.resize(7 + size + 1, 0);
+            if server_read.read_exact(&mut frame[7..]).await.is_err()
+                || frames_tx.send(frame).is_err()
+            {
+                return;
+            }
+        }
+    });
+    loop {
+        let frame = tokio::select! {
+            frame = frames.recv() => frame,
+            frame = injected.recv() => frame,
+        };
+        let Some(frame) = frame else { break };
+        if hold.wait_for(|held| !held).await.is_err() {
+            break;
+        }
+        if client_write.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+    upstream.abort();
+}
