@@ -111,6 +111,10 @@ pub struct Args {
     /// Private key (PEM) of CLOUDIMG_TLS_CERT.
     #[arg(long, env = "CLOUDIMG_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// TLS ends in front of the producer (a load balancer): a token is then accepted over plain
+    /// gRPC. Without it a token and no TLS certificate is a configuration error.
+    #[arg(long, env = "CLOUDIMG_TLS_TERMINATED")]
+    pub tls_terminated: bool,
     /// An upload that sends nothing for this long is ended with DEADLINE_EXCEEDED (seconds, or
     /// with a unit: 500ms, 2m).
     #[arg(long, env = "CLOUDIMG_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -146,6 +150,17 @@ pub struct Args {
 
 impl Args {
     pub fn config(&self) -> Result<Config, cloudimg_runtime::Error> {
+        let token = Secret::new(self.token.as_deref());
+        let tls = self.tls()?;
+        if token.is_some() && tls.is_none() && !self.tls_terminated {
+            return Err(cloudimg_runtime::Error::Config(
+                "CLOUDIMG_TOKEN is set but gRPC is served in plain text, so the token would travel \
+                 in clear: serve TLS (CLOUDIMG_TLS_CERT and CLOUDIMG_TLS_KEY), or set \
+                 CLOUDIMG_TLS_TERMINATED=true when TLS ends in front of the producer (a load \
+                 balancer)"
+                    .into(),
+            ));
+        }
         Ok(Config {
             listen: self.listen,
             broker: self.broker.settings()?,
@@ -154,8 +169,8 @@ impl Args {
             stage_over_bytes: self
                 .stage_over_bytes
                 .min(cloudimg_runtime::amqp::MAX_MESSAGE_BYTES),
-            token: Secret::new(self.token.as_deref()),
-            tls: self.tls()?,
+            token,
+            tls,
             service: self.service.settings(),
             upload_bounds: UploadBounds {
                 idle: self.upload_idle_timeout,

@@ -68,20 +68,12 @@ impl Inner {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let token = token.expose();
         let given = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        // Compare without an early exit, so timing does not reveal a matching prefix.
-        let equal = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if equal {
+        if token_matches(token, given) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
@@ -331,6 +323,24 @@ impl Inner {
     }
 }
 
+/// Whether `given` is the token, in time that reveals neither how much of it matched nor its
+/// length: both sides are hashed (SHA-256) to 32 bytes and the digests compared without an early
+/// exit. A byte-wise comparison would have to stop or branch at the token's length; hashing first
+/// makes every comparison the same 32 bytes, and the time spent hashing depends only on the length
+/// of what the caller sent, which the caller knows already. (An HMAC under a per-process key would
+/// also hide the digest's prefix, but a matching SHA-256 prefix tells an attacker nothing about the
+/// token without a preimage.)
+fn token_matches(token: &Secret, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let want = Sha256::digest(token.expose().as_bytes());
+    let got = Sha256::digest(given.as_bytes());
+    let difference = want
+        .iter()
+        .zip(got.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(difference) == 0
+}
+
 /// An upload's bytes as they arrive, in one buffer whose capacity is reserved from the memory
 /// budget before it is allocated.
 struct Buffer {
@@ -440,6 +450,27 @@ fn engine_status(e: cloudimg_engine::Error) -> Status {
     match e.kind() {
         ErrorKind::OverLimit => Status::resource_exhausted(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_matches_only_itself_whatever_the_length_given() {
+        let token = Secret::new(Some("s3cret-token")).unwrap();
+        assert!(token_matches(&token, "s3cret-token"));
+        for wrong in [
+            "",
+            "s",
+            "s3cret-toke",
+            "s3cret-token ",
+            "s3cret-tokeN",
+            "x".repeat(4096).as_str(),
+        ] {
+            assert!(!token_matches(&token, wrong), "{wrong:?}");
+        }
     }
 }
 

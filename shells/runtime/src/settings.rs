@@ -372,19 +372,23 @@ pub enum LogFormat {
 }
 
 /// The URL with any password replaced by `***`, for logs and error messages.
+///
+/// The userinfo ends at the *last* `@` before any query or fragment, not at the first `/`:
+/// operators paste passwords with `/`, `?`-free `@` or `:` in them unencoded, and a parser that
+/// stops the authority at the first `/` would print such a password whole. When a path holds an
+/// `@` this redacts too much, never too little.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &rest[at..])
-        }
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..before_query].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{head}{user}:***{}", &rest[at..]),
         None => url.to_owned(),
     }
 }
@@ -458,6 +462,17 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
         assert_eq!(redact_url("amqps://u:p@ss@host/"), "amqps://u:***@host/");
+        // A password with `/` (unencoded, as operators paste them) is still hidden.
+        assert_eq!(
+            redact_url("amqp://guest:se/cr/et@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqps://u:a/b:c@d@mq/v?x=1"),
+            "amqps://u:***@mq/v?x=1"
+        );
+        assert_eq!(redact_url("amqp://user@host/%2f"), "amqp://user@host/%2f");
+        assert_eq!(redact_url("not a url"), "not a url");
         let settings = broker(Some("amqp://guest:secret@host:5672/%2f"), None)
             .settings()
             .unwrap();
