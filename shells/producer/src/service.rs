@@ -453,27 +453,6 @@ fn engine_status(e: cloudimg_engine::Error) -> Status {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_token_matches_only_itself_whatever_the_length_given() {
-        let token = Secret::new(Some("s3cret-token")).unwrap();
-        assert!(token_matches(&token, "s3cret-token"));
-        for wrong in [
-            "",
-            "s",
-            "s3cret-toke",
-            "s3cret-token ",
-            "s3cret-tokeN",
-            "x".repeat(4096).as_str(),
-        ] {
-            assert!(!token_matches(&token, wrong), "{wrong:?}");
-        }
-    }
-}
-
 /// The `outcome` label of a refused call.
 fn outcome(code: tonic::Code) -> &'static str {
     match code {
@@ -527,5 +506,26 @@ impl proto::image_service_server::ImageService for ImageService {
         };
         metrics::counter!("cloudimg_get_job_total", "state" => state).increment(1);
         result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_matches_only_itself_whatever_the_length_given() {
+        let token = Secret::new(Some("s3cret-token")).unwrap();
+        assert!(token_matches(&token, "s3cret-token"));
+        for wrong in [
+            "",
+            "s",
+            "s3cret-toke",
+            "s3cret-token ",
+            "s3cret-tokeN",
+            "x".repeat(4096).as_str(),
+        ] {
+            assert!(!token_matches(&token, wrong), "{wrong:?}");
+        }
     }
 }

@@ -169,7 +169,7 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
     // The clients give up (their streams end short of the declared size): the budget frees, and
     // a small good upload lands.
     let mut ended = Vec::new();
-    for (tx, call) in held.drain(..).collect::<Vec<_>>() {
+    for (tx, call) in held {
         drop(tx);
         ended.push(answer(call, HUNG).await.map(|_| ()).map_err(|s| s.code()));
     }
