@@ -104,9 +104,15 @@ pub struct SendArgs {
     /// Output format.
     #[arg(long, default_value = "jpeg")]
     pub format: FormatArg,
-    /// Bearer token for the producer.
+    /// Bearer token for the producer; sent only to an `https://` producer unless
+    /// CLOUDIMG_TLS_TERMINATED is set.
     #[arg(long, env = "CLOUDIMG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// TLS is added between this client and an `http://` producer address (a local
+    /// TLS-originating proxy or a service-mesh sidecar), so the token may go to it. The same
+    /// setting as the producer's, for the same promise: the token never crosses a network in clear.
+    #[arg(long, env = "CLOUDIMG_TLS_TERMINATED")]
+    pub tls_terminated: bool,
     /// A PEM file of CA certificates to trust for an `https://` producer, besides the system's
     /// (a private or test CA).
     #[arg(long = "ca-cert", env = "CLOUDIMG_TLS_CA")]
@@ -121,6 +127,13 @@ impl SendArgs {
         let (paths, seed_producer) = send::split_seed_form(&self.paths);
         let producer = seed_producer.unwrap_or_else(|| self.producer.clone());
         send::check_producer(&producer)?;
+        let token = self.token.clone().filter(|t| !t.is_empty());
+        if token.is_some()
+            && !send::producer_uri(&producer).starts_with("https://")
+            && !self.tls_terminated
+        {
+            return Err(send::SendError::TokenInClear(producer));
+        }
         let ca_pem = match self.ca_cert.as_ref().filter(|p| !p.as_os_str().is_empty()) {
             None => None,
             Some(path) => {
@@ -147,7 +160,7 @@ impl SendArgs {
             wait: self.wait.then(|| Duration::from_secs(self.timeout)),
             json: self.json,
             options: cloudimg_runtime::jobs::wire_options(self.quality, self.format.into()),
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token,
             ca_pem,
             latency: self.latency,
         })

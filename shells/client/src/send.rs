@@ -185,6 +185,11 @@ pub enum SendError {
     Address(String, String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(
+        "refusing to send the token (CLOUDIMG_TOKEN) in clear to {0}: use an https:// producer, \
+         or set CLOUDIMG_TLS_TERMINATED=true when TLS is added on the way (a sidecar or proxy)"
+    )]
+    TokenInClear(String),
 }
 
 async fn connect(producer: &str, ca_pem: Option<&str>) -> Result<Channel, String> {

@@ -46,3 +46,56 @@ fn a_bad_producer_address_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_token_is_never_sent_to_a_plain_http_producer_unless_tls_is_terminated_on_the_way() {
+    let dir = std::env::temp_dir().join(format!("cloudimg-send-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("one.jpg"), b"\xff\xd8\xff").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let send = |producer: String, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cloudimg"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CLOUDIMG_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .current_dir(&dir)
+            .args([
+                "send",
+                "--json",
+                "--token",
+                "s3cret",
+                "one.jpg",
+                "--producer",
+            ])
+            .arg(producer)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let by_address = send(format!("127.0.0.1:{port}"), &[]);
+    let by_url = send(format!("http://127.0.0.1:{port}"), &[]);
+    // Told that TLS is added on the way, it sends (and fails only because nothing listens).
+    let terminated = send(format!("127.0.0.1:{port}"), &["--tls-terminated"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    for (what, out) in [("HOST:PORT", &by_address), ("http:// URL", &by_url)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(out.stdout.is_empty(), "{what}: nothing was attempted");
+        assert!(
+            stderr.contains("CLOUDIMG_TLS_TERMINATED"),
+            "{what}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{what}: the token was printed");
+    }
+    assert_eq!(terminated.status.code(), Some(1));
+    let line: serde_json::Value =
+        serde_json::from_slice(terminated.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["status"], "failed");
+}

@@ -2,7 +2,8 @@
 //!
 //! It validates every upload as early as it can (the declared size before receiving anything, the
 //! magic bytes on the first chunk, the running size on every chunk, the header's dimensions with
-//! `engine::probe` before publishing), stages uploads over `CLOUDIMG_STAGE_OVER_BYTES` in the store
+//! `engine::probe` before publishing), holds the bytes of all uploads in flight within one memory
+//! budget and every upload within its deadlines, stages uploads over `CLOUDIMG_STAGE_OVER_BYTES` in the store
 //! (claim-check), publishes a persistent `ImageJob` on one long-lived, supervised broker connection
 //! and answers OK only after the broker confirmed it. `GetJob` answers from the store.
 #![forbid(unsafe_code)]
@@ -19,7 +20,7 @@ use cloudimg_runtime::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Config, TlsIdentity};
+pub use config::{Args, Config, Http2Settings, TlsIdentity, UploadBounds};
 pub use service::ImageService;
 
 /// The largest gRPC message the producer decodes. Clients send chunks of at most 1 MiB; 4 MiB is
@@ -69,6 +70,7 @@ pub async fn serve(
         config.broker.clone(),
         format!("cloudimg-producer {addr}"),
         topology.clone(),
+        config.confirm_timeout,
         link_stop.clone(),
     );
     {
@@ -85,13 +87,19 @@ pub async fn serve(
         store = %store.as_ref().map_or("none".into(), |s| s.describe()),
         max_upload_bytes = config.limits.max_input_bytes,
         stage_over_bytes = config.stage_over_bytes,
+        upload_idle_timeout_ms = config.upload_bounds.idle.as_millis() as u64,
+        upload_timeout_ms = config.upload_bounds.total.as_millis() as u64,
+        max_streams = config.http2.max_streams,
+        memory_budget = config.memory_budget,
+        confirm_timeout_ms = config.confirm_timeout.as_millis() as u64,
         tls = config.tls.is_some(),
         token = config.token.is_some(),
         "producer listening"
     );
 
-    // Health follows the broker link: NOT_SERVING while uploads would get UNAVAILABLE, so a load
-    // balancer sends them to another producer, and from the moment a drain begins.
+    // Health follows the broker link: NOT_SERVING while uploads would get UNAVAILABLE (no link,
+    // or a link the broker blocked under a resource alarm), so a load balancer sends them to
+    // another producer, and from the moment a drain begins.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<ImageServiceServer<ImageService>>()
@@ -101,11 +109,16 @@ pub async fn serve(
         let mut publisher = publisher.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut up = publisher.is_connected();
+            let mut state = publisher.state();
+            let mut was_connected = false;
             loop {
-                metrics::gauge!("cloudimg_broker_connected").set(if up { 1.0 } else { 0.0 });
-                if up {
+                metrics::gauge!("cloudimg_broker_connected").set(f64::from(state.connected));
+                metrics::gauge!("cloudimg_broker_blocked").set(f64::from(state.blocked));
+                if state.connected && !was_connected {
                     metrics::counter!("cloudimg_broker_connects_total").increment(1);
+                }
+                was_connected = state.connected;
+                if state.usable() {
                     health
                         .set_serving::<ImageServiceServer<ImageService>>()
                         .await;
@@ -116,7 +129,7 @@ pub async fn serve(
                 }
                 tokio::select! {
                     changed = publisher.link_changed() => match changed {
-                        Some(now) => up = now,
+                        Some(now) => state = now,
                         None => break,
                     },
                     _ = shutdown.cancelled() => {
@@ -147,6 +160,9 @@ pub async fn serve(
         .initial_connection_window_size(Some(16 << 20))
         // 1 MiB frames instead of 16 KiB: a chunk arrives in one DATA frame, not sixty-four.
         .max_frame_size(Some(1 << 20))
+        .http2_keepalive_interval(Some(config.http2.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2.keepalive_timeout))
+        .max_concurrent_streams(Some(config.http2.max_streams))
         .add_service(health_service)
         .add_service(
             ImageServiceServer::new(service)

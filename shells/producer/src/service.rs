@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cloudimg_engine::{ErrorKind, Limits};
-use cloudimg_runtime::amqp::{MAX_MESSAGE_BYTES, PublishError, Publisher, Topology, job_headers};
+use cloudimg_runtime::amqp::{MAX_MESSAGE_BYTES, Publisher, Topology, job_headers};
+use cloudimg_runtime::budget::{MemoryBudget, Reservation};
 use cloudimg_runtime::jobs::{self, FailureMarker, JobId};
 use cloudimg_runtime::proto::{
     self, GetJobReply, GetJobRequest, ImageJob, JobState, StagedObject, UploadReply, UploadRequest,
@@ -18,7 +19,7 @@ use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::Config;
+use crate::{Config, UploadBounds};
 
 /// How long an upload waits for the broker link when it arrives mid-reconnect, before UNAVAILABLE.
 const LINK_WAIT: Duration = Duration::from_secs(2);
@@ -36,6 +37,8 @@ struct Inner {
     limits: Limits,
     stage_over_bytes: u64,
     token: Option<Secret>,
+    bounds: UploadBounds,
+    budget: MemoryBudget,
 }
 
 impl ImageService {
@@ -53,6 +56,8 @@ impl ImageService {
                 limits: config.limits,
                 stage_over_bytes: config.stage_over_bytes,
                 token: config.token.clone(),
+                bounds: config.upload_bounds,
+                budget: MemoryBudget::new(config.memory_budget),
             }),
         }
     }
@@ -63,20 +68,12 @@ impl Inner {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let token = token.expose();
         let given = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        // Compare without an early exit, so timing does not reveal a matching prefix.
-        let equal = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if equal {
+        if token_matches(token, given) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
@@ -85,11 +82,12 @@ impl Inner {
         }
     }
 
-    /// Receives the whole upload, refusing it as soon as it is known to be bad.
+    /// Receives the whole upload, refusing it as soon as it is known to be bad, or slow.
     async fn receive(
         &self,
         stream: &mut Streaming<UploadRequest>,
-    ) -> Result<(proto::UploadMetadata, Bytes), Status> {
+    ) -> Result<(proto::UploadMetadata, Held), Status> {
+        let mut stream = Paced::new(stream, self.bounds);
         let meta = match stream.message().await? {
             Some(UploadRequest {
                 part: Some(upload_request::Part::Metadata(meta)),
@@ -108,13 +106,10 @@ impl Inner {
                 meta.size
             )));
         }
-        // One buffer, sized once from the declared size (capped by the limit, so a lying client
-        // cannot make us reserve more than an honest one could).
-        let mut buf = BytesMut::with_capacity(if meta.size > 0 {
-            meta.size as usize
-        } else {
-            1 << 20
-        });
+        // The declared size is a claim, not a reservation: the buffer grows (and its share of the
+        // memory budget with it) only as bytes arrive, so a client declaring 64 MiB and sending
+        // nothing holds nothing.
+        let mut buf = Buffer::new(self.budget.empty());
         let mut sniffed = false;
         while let Some(message) = stream.message().await? {
             match message.part {
@@ -125,7 +120,7 @@ impl Inner {
                             "upload is over the limit of {max} bytes (received {total} so far)"
                         )));
                     }
-                    buf.extend_from_slice(&chunk);
+                    buf.extend(&chunk, max)?;
                     if !sniffed && buf.len() >= 8 {
                         sniffed = true;
                         cloudimg_engine::sniff(&buf).map_err(engine_status)?;
@@ -162,7 +157,15 @@ impl Inner {
 
     async fn upload(&self, mut stream: Streaming<UploadRequest>) -> Result<UploadReply, Status> {
         let started = Instant::now();
-        let (meta, data) = self.receive(&mut stream).await?;
+        // A broker under a memory or disk alarm takes nothing: say so now, before receiving.
+        if self.publisher.state().blocked {
+            return Err(Status::unavailable(
+                "the broker is blocked by a resource alarm; retry later",
+            ));
+        }
+        // `held` keeps the upload's share of the memory budget until it is published or refused.
+        let (meta, held) = self.receive(&mut stream).await?;
+        let data = held.data.clone();
         metrics::histogram!("cloudimg_stage_seconds", "stage" => "receive")
             .record(started.elapsed().as_secs_f64());
         let wire_options = meta.options.unwrap_or_default();
@@ -226,16 +229,21 @@ impl Inner {
         metrics::histogram!("cloudimg_stage_seconds", "stage" => "publish")
             .record(publish_started.elapsed().as_secs_f64());
         if let Err(e) = published {
-            tracing::warn!(%job_id, error = %e, "job not accepted by the broker");
-            if staged && let Some(store) = &self.store {
+            // Only a definite refusal frees the staged upload: after an unconfirmed publish the
+            // broker may hold the job, and its worker will need the staged bytes.
+            let keep = e.broker_may_hold();
+            tracing::warn!(%job_id, error = %e, staged, kept_staged = staged && keep, "job not accepted by the broker");
+            if staged
+                && !keep
+                && let Some(store) = &self.store
+            {
                 let _ = store.delete(&job_id.staging_key()).await;
             }
-            return Err(match e {
-                PublishError::Unavailable(_) | PublishError::Nacked => {
-                    Status::unavailable(e.to_string())
-                }
-                PublishError::Unroutable(_) => Status::unavailable(e.to_string()),
-            });
+            return Err(Status::unavailable(if keep {
+                format!("{e}: job {job_id} may still run")
+            } else {
+                e.to_string()
+            }));
         }
         tracing::info!(
             %job_id,
@@ -315,6 +323,121 @@ impl Inner {
     }
 }
 
+/// Whether `given` is the token, in time that reveals neither how much of it matched nor its
+/// length: both sides are hashed (SHA-256) to 32 bytes and the digests compared without an early
+/// exit. A byte-wise comparison would have to stop or branch at the token's length; hashing first
+/// makes every comparison the same 32 bytes, and the time spent hashing depends only on the length
+/// of what the caller sent, which the caller knows already. (An HMAC under a per-process key would
+/// also hide the digest's prefix, but a matching SHA-256 prefix tells an attacker nothing about the
+/// token without a preimage.)
+fn token_matches(token: &Secret, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let want = Sha256::digest(token.expose().as_bytes());
+    let got = Sha256::digest(given.as_bytes());
+    let difference = want
+        .iter()
+        .zip(got.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(difference) == 0
+}
+
+/// An upload's bytes as they arrive, in one buffer whose capacity is reserved from the memory
+/// budget before it is allocated.
+struct Buffer {
+    bytes: BytesMut,
+    reservation: Reservation,
+}
+
+impl Buffer {
+    fn new(reservation: Reservation) -> Buffer {
+        Buffer {
+            bytes: BytesMut::new(),
+            reservation,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Appends `chunk`, growing the buffer by doubling (never past `max`, the upload limit) and
+    /// the reservation by exactly the capacity added; RESOURCE_EXHAUSTED when the budget cannot
+    /// hold it. While a growth step copies, the old buffer (at most half the new one) still lives:
+    /// the default budget's share leaves room for that.
+    fn extend(&mut self, chunk: &[u8], max: u64) -> Result<(), Status> {
+        let needed = self.bytes.len() + chunk.len();
+        let capacity = self.bytes.capacity();
+        if needed > capacity {
+            let target = (capacity * 2).max(64 << 10).min(max as usize).max(needed);
+            self.reservation
+                .grow((target - capacity) as u64)
+                .map_err(|e| Status::resource_exhausted(format!("{e} (CLOUDIMG_MEMORY_BUDGET)")))?;
+            metrics::gauge!("cloudimg_upload_bytes_reserved")
+                .set(self.reservation.budget().in_use() as f64);
+            let mut grown = BytesMut::with_capacity(target);
+            grown.extend_from_slice(&self.bytes);
+            self.bytes = grown;
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn freeze(self) -> Held {
+        Held {
+            data: self.bytes.freeze(),
+            _reservation: self.reservation,
+        }
+    }
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A received upload with its share of the memory budget, released when this is dropped.
+struct Held {
+    data: Bytes,
+    _reservation: Reservation,
+}
+
+/// An upload's stream under its time bounds: each message must arrive within the idle bound and
+/// the whole upload within the total one, else DEADLINE_EXCEEDED. Returning that ends the call, so
+/// tonic closes the stream and the buffer received so far is dropped with it.
+struct Paced<'a> {
+    stream: &'a mut Streaming<UploadRequest>,
+    bounds: UploadBounds,
+    deadline: tokio::time::Instant,
+}
+
+impl<'a> Paced<'a> {
+    fn new(stream: &'a mut Streaming<UploadRequest>, bounds: UploadBounds) -> Paced<'a> {
+        Paced {
+            stream,
+            bounds,
+            deadline: tokio::time::Instant::now() + bounds.total,
+        }
+    }
+
+    async fn message(&mut self) -> Result<Option<UploadRequest>, Status> {
+        let idle_deadline = tokio::time::Instant::now() + self.bounds.idle;
+        match tokio::time::timeout_at(idle_deadline.min(self.deadline), self.stream.message()).await
+        {
+            Ok(message) => message,
+            Err(_) if idle_deadline < self.deadline => Err(Status::deadline_exceeded(format!(
+                "the upload sent nothing for {:?} (CLOUDIMG_UPLOAD_IDLE_TIMEOUT)",
+                self.bounds.idle
+            ))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the upload took longer than {:?} (CLOUDIMG_UPLOAD_TIMEOUT)",
+                self.bounds.total
+            ))),
+        }
+    }
+}
+
 fn info_mime(format: cloudimg_engine::Format) -> String {
     match format {
         cloudimg_engine::Format::Jpeg => "image/jpeg".into(),
@@ -338,6 +461,7 @@ fn outcome(code: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::Unauthenticated => "unauthenticated",
         tonic::Code::Cancelled => "cancelled",
+        tonic::Code::DeadlineExceeded => "timeout",
         _ => "error",
     }
 }
@@ -352,6 +476,7 @@ impl proto::image_service_server::ImageService for ImageService {
             Ok(()) => self.inner.upload(request.into_inner()).await,
             Err(status) => Err(status),
         };
+        metrics::gauge!("cloudimg_upload_bytes_reserved").set(self.inner.budget.in_use() as f64);
         let outcome = match &result {
             Ok(_) => "accepted",
             Err(status) => {
@@ -381,5 +506,26 @@ impl proto::image_service_server::ImageService for ImageService {
         };
         metrics::counter!("cloudimg_get_job_total", "state" => state).increment(1);
         result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_matches_only_itself_whatever_the_length_given() {
+        let token = Secret::new(Some("s3cret-token")).unwrap();
+        assert!(token_matches(&token, "s3cret-token"));
+        for wrong in [
+            "",
+            "s",
+            "s3cret-toke",
+            "s3cret-token ",
+            "s3cret-tokeN",
+            "x".repeat(4096).as_str(),
+        ] {
+            assert!(!token_matches(&token, wrong), "{wrong:?}");
+        }
     }
 }

@@ -162,6 +162,17 @@ fn config(queue: &str, amqp: &str, store: StoreSettings) -> Config {
         token: None,
         tls: None,
         service: Default::default(),
+        upload_bounds: cloudimg_producer::UploadBounds {
+            idle: Duration::from_secs(30),
+            total: Duration::from_secs(600),
+        },
+        http2: cloudimg_producer::Http2Settings {
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_streams: 32,
+        },
+        memory_budget: 1 << 30,
+        confirm_timeout: cloudimg_runtime::amqp::DEFAULT_CONFIRM_TIMEOUT,
     }
 }
 

@@ -12,7 +12,10 @@ use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus,
+    DefaultConnectionBuilder,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -174,6 +177,14 @@ pub async fn connect(broker: &BrokerSettings, name: &str) -> Result<Connection> 
 
 /// Resolves when the connection reports an error or stops being connected.
 pub async fn link_lost(connection: &Connection) {
+    follow_link(connection, |_| {}).await
+}
+
+/// [`link_lost`], calling `on_alarm` with `true` on every `connection.blocked` (a broker memory or
+/// disk alarm) and `false` on every `connection.unblocked`. One function reads the events because
+/// lapin's event stream is one queue shared by all its listeners (each event reaches one of them),
+/// not a broadcast.
+async fn follow_link(connection: &Connection, mut on_alarm: impl FnMut(bool)) {
     let mut events = connection.events_listener();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -182,6 +193,14 @@ pub async fn link_lost(connection: &Connection) {
                 Some(lapin::Event::Error(e)) => {
                     tracing::warn!(error = %e, "broker link error");
                     return;
+                }
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "the broker blocked the connection (a memory or disk alarm)");
+                    on_alarm(true);
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    tracing::info!("the broker unblocked the connection");
+                    on_alarm(false);
                 }
                 Some(_) => {}
                 None => return,
@@ -195,18 +214,113 @@ pub async fn link_lost(connection: &Connection) {
     }
 }
 
-/// Why a publish did not end in a confirmed, routed message.
+/// How long a confirmed publish waits for the broker's confirm unless told otherwise (the
+/// producer's `CLOUDIMG_CONFIRM_TIMEOUT` default, and the worker's dead-letter publish). A healthy
+/// broker confirms in milliseconds; ten seconds rides out a busy disk without letting a wedged link
+/// hold a request for good.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a publish did not end in a confirmed, routed message, split by whether the broker may hold
+/// the message anyway ([`PublishError::broker_may_hold`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// No link to the broker right now (it is down, or the supervisor is reconnecting).
+    /// Not sent: no link to the broker right now (it is down, or the supervisor is reconnecting).
     #[error("the broker is unavailable: {0}")]
     Unavailable(String),
-    /// The broker refused the message (nack), for example under a resource alarm.
+    /// Not sent: the broker blocked the connection under a memory or disk alarm and reads nothing
+    /// from it until the alarm clears.
+    #[error(
+        "the broker is blocked by a resource alarm ({0}); it takes no messages until it clears"
+    )]
+    Blocked(String),
+    /// The broker refused the message (nack).
     #[error("the broker refused the message")]
     Nacked,
-    /// Confirmed but routed to no queue: the queue is gone.
+    /// Confirmed but returned: routed to no queue (the queue is gone).
     #[error("the message reached no queue (queue `{0}` missing)")]
     Unroutable(String),
+    /// Sent (or partly sent), but no confirm came within the bound, or the link failed while
+    /// waiting: the broker may or may not hold the message.
+    #[error("no confirm from the broker ({0}); it may hold the message")]
+    Unconfirmed(String),
+}
+
+impl PublishError {
+    /// Whether the broker may hold the message despite the error. Then whatever the message
+    /// refers to (a staged upload) must be kept: a job the broker holds needs it. Every other
+    /// error is definite: the broker does not have the message.
+    pub fn broker_may_hold(&self) -> bool {
+        matches!(self, PublishError::Unconfirmed(_))
+    }
+}
+
+/// The one confirmed publish of the shells (the producer's jobs, the worker's dead letters):
+/// `payload` persistent and mandatory to `routing_key` on the default exchange, over `channel`
+/// (in confirm mode), waiting at most `confirm_timeout` for the broker's confirm. `Ok` means the
+/// broker has taken responsibility for a message that reached a queue; a returned (unroutable)
+/// message is [`PublishError::Unroutable`], never success.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+    confirm_timeout: Duration,
+) -> std::result::Result<(), PublishError> {
+    let deadline = tokio::time::Instant::now() + confirm_timeout;
+    let unconfirmed = || {
+        PublishError::Unconfirmed(format!(
+            "nothing within {confirm_timeout:?} (CLOUDIMG_CONFIRM_TIMEOUT)"
+        ))
+    };
+    let sent = channel.basic_publish(
+        ShortString::from(""),
+        routing_key.into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        payload,
+        properties.with_delivery_mode(2),
+    );
+    // lapin resolves the send once every frame is written; an error before that means the
+    // message never reached the broker whole (a partial message is discarded with its channel).
+    let confirm = match tokio::time::timeout_at(deadline, sent).await {
+        Err(_) => return Err(unconfirmed()),
+        Ok(Err(e)) => return Err(PublishError::Unavailable(e.to_string())),
+        Ok(Ok(confirm)) => confirm,
+    };
+    match tokio::time::timeout_at(deadline, confirm).await {
+        Err(_) => Err(unconfirmed()),
+        Ok(Err(e)) => Err(PublishError::Unconfirmed(format!("link lost: {e}"))),
+        Ok(Ok(confirm)) if confirm.is_ack() => match confirm.take_message() {
+            None => Ok(()),
+            Some(_) => Err(PublishError::Unroutable(routing_key.to_owned())),
+        },
+        Ok(Ok(_)) => Err(PublishError::Nacked),
+    }
+}
+
+/// The publisher's link as its users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    /// A connection with a confirm-mode channel and the topology declared is up.
+    pub connected: bool,
+    /// The broker has blocked that connection (a memory or disk alarm): publishes would wait for
+    /// the alarm to clear, so they are refused at once instead.
+    pub blocked: bool,
+}
+
+impl LinkState {
+    /// Whether a publish can go out now.
+    pub fn usable(self) -> bool {
+        self.connected && !self.blocked
+    }
+}
+
+#[derive(Clone)]
+struct Link {
+    channel: Channel,
+    connection: ConnectionStatus,
 }
 
 /// A confirmed publisher on one long-lived connection, kept alive by a supervisor task.
@@ -215,36 +329,44 @@ pub enum PublishError {
 /// confirm, so concurrent requests form a window of unconfirmed messages instead of a queue.
 #[derive(Clone)]
 pub struct Publisher {
-    link: watch::Receiver<Option<Channel>>,
+    link: watch::Receiver<Option<Link>>,
     broken: Arc<Notify>,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
     /// Starts the supervisor: it connects (with backoff), enables confirms, declares `topology`,
     /// and starts over whenever the link fails, until `stop` is cancelled (then it closes the
     /// connection). Returns at once; [`Publisher::publish`] answers `Unavailable` until connected.
+    /// Each publish waits at most `confirm_timeout` for its confirm.
     pub fn start(
         broker: BrokerSettings,
         name: String,
         topology: Topology,
+        confirm_timeout: Duration,
         stop: CancellationToken,
     ) -> (Publisher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
         let broken = Arc::new(Notify::new());
         let task = tokio::spawn(supervise(broker, name, topology, tx, broken.clone(), stop));
-        (Publisher { link: rx, broken }, task)
+        let publisher = Publisher {
+            link: rx,
+            broken,
+            confirm_timeout,
+        };
+        (publisher, task)
     }
 
-    /// Whether a link is up now.
-    pub fn is_connected(&self) -> bool {
-        self.link.borrow().is_some()
+    /// The link now.
+    pub fn state(&self) -> LinkState {
+        state_of(self.link.borrow().as_ref())
     }
 
-    /// Resolves when the link goes up or down, with whether it is up now; `None` once the
-    /// supervisor has stopped.
-    pub async fn link_changed(&mut self) -> Option<bool> {
+    /// Resolves when the link goes up or down or is blocked or unblocked, with its state now;
+    /// `None` once the supervisor has stopped.
+    pub async fn link_changed(&mut self) -> Option<LinkState> {
         self.link.changed().await.ok()?;
-        Some(self.link.borrow_and_update().is_some())
+        Some(state_of(self.link.borrow_and_update().as_ref()))
     }
 
     /// Waits up to `timeout` for a link (for startup, and for a request arriving mid-reconnect).
@@ -255,8 +377,9 @@ impl Publisher {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Publishes a persistent, mandatory message to `routing_key` on the default exchange and waits
-    /// for the broker's confirm. `Ok` means the broker has taken responsibility for the message.
+    /// [`publish_confirmed`] on the supervised link, waiting up to `wait_for_link` for one; a
+    /// blocked link refuses at once ([`PublishError::Blocked`]). A publish left unconfirmed makes
+    /// the supervisor rebuild the link: a confirm that does not come means a wedged connection.
     pub async fn publish(
         &self,
         routing_key: &str,
@@ -267,36 +390,34 @@ impl Publisher {
         if !self.wait_connected(wait_for_link).await {
             return Err(PublishError::Unavailable("not connected".into()));
         }
-        let Some(channel) = self.link.borrow().clone() else {
+        let Some(link) = self.link.borrow().clone() else {
             return Err(PublishError::Unavailable("not connected".into()));
         };
-        let result = async {
-            channel
-                .basic_publish(
-                    ShortString::from(""),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    payload,
-                    properties.with_delivery_mode(2),
-                )
-                .await?
-                .await
+        if link.connection.blocked() {
+            return Err(PublishError::Blocked("connection.blocked".into()));
         }
+        let result = publish_confirmed(
+            &link.channel,
+            routing_key,
+            payload,
+            properties,
+            self.confirm_timeout,
+        )
         .await;
-        match result {
-            Ok(confirm) if confirm.is_ack() => match confirm.take_message() {
-                None => Ok(()),
-                Some(_) => Err(PublishError::Unroutable(routing_key.to_owned())),
-            },
-            Ok(_) => Err(PublishError::Nacked),
-            Err(e) => {
-                self.broken.notify_one();
-                Err(PublishError::Unavailable(e.to_string()))
-            }
+        if matches!(
+            result,
+            Err(PublishError::Unavailable(_) | PublishError::Unconfirmed(_))
+        ) {
+            self.broken.notify_one();
         }
+        result
+    }
+}
+
+fn state_of(link: Option<&Link>) -> LinkState {
+    LinkState {
+        connected: link.is_some(),
+        blocked: link.is_some_and(|l| l.connection.blocked()),
     }
 }
 
@@ -304,7 +425,7 @@ async fn supervise(
     broker: BrokerSettings,
     name: String,
     topology: Topology,
-    link: watch::Sender<Option<Channel>>,
+    link: watch::Sender<Option<Link>>,
     broken: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -333,9 +454,14 @@ async fn supervise(
                 );
                 backoff.reset();
                 errors.reset();
-                link.send_replace(Some(channel.clone()));
+                link.send_replace(Some(Link {
+                    channel: channel.clone(),
+                    connection: connection.status().clone(),
+                }));
+                // The link's state is read from the connection's status: an alarm only wakes the
+                // watchers (health, metrics).
                 tokio::select! {
-                    _ = link_lost(&connection) => {}
+                    _ = follow_link(&connection, |_| link.send_modify(|_| {})) => {}
                     _ = broken.notified() => {}
                     _ = stop.cancelled() => {}
                 }

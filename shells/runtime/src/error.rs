@@ -27,6 +27,16 @@ pub enum Error {
     #[cfg(feature = "amqp")]
     #[error("broker link lost: {0}")]
     LinkLost(String),
+    /// A memory budget cannot hold what a request needs now (the caller refuses the request; the
+    /// sender may retry later, when others have finished).
+    #[error(
+        "over the memory budget: {wanted} bytes wanted while {others} are held by others, of {limit}"
+    )]
+    OverBudget {
+        wanted: u64,
+        others: u64,
+        limit: u64,
+    },
     /// Local I/O outside the store (binding a port, reading a file).
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -275,6 +275,87 @@ impl LimitArgs {
     }
 }
 
+/// Parses a duration setting: a number of seconds (`30`, `0.5`) or a number with a unit (`500ms`,
+/// `30s`, `2m`). Zero is refused: every duration setting is a bound, and a zero bound would refuse
+/// everything.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "expected a duration such as 30, 30s, 500ms or 2m, found unit {other:?} in {text:?}"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration such as 30, 30s, 500ms or 2m, found {text:?}"))?;
+    let duration = Duration::try_from_secs_f64(value * scale)
+        .map_err(|e| format!("{text:?} is not a usable duration: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!("a duration must be above zero, found {text:?}"));
+    }
+    Ok(duration)
+}
+
+/// Parses a byte count: a plain number, or one with a binary (`KiB`, `MiB`, `GiB`) or decimal (`KB`,
+/// `MB`, `GB`) unit, as operators write memory sizes (`512MiB`).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "expected a size such as 536870912, 512MiB or 2GiB, found unit {other:?} in {text:?}"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("expected a size such as 536870912, 512MiB or 2GiB, found {text:?}"))
+}
+
+/// The memory this process may use: the cgroup v2 limit (`/sys/fs/cgroup/memory.max`), else the
+/// cgroup v1 limit, else the machine's `MemTotal`; `None` when none of them can be read (not Linux).
+/// Read once at startup, at the edge, to derive the default memory budgets.
+pub fn memory_limit() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let machine = read("/proc/meminfo").and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    // "max" (v2) or a huge number (v1's "no limit") mean unlimited: the machine decides.
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (cgroup, machine) {
+        (Some(c), Some(m)) => Some(c.min(m)),
+        (c, m) => c.or(m),
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
@@ -295,48 +376,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses a duration setting: a number with an optional unit, `ms`, `s` (the default), `m` or
-/// `h` (`500ms`, `30`, `30s`, `2m`). Zero is refused: every bound must bound something.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (examples: 500ms, 30s, 2m)"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (ms, s, m or h)"
-            ));
-        }
-    };
-    match Duration::try_from_secs_f64(seconds) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("{text:?} must be a positive duration")),
-    }
-}
-
 /// The URL with any password replaced by `***`, for logs and error messages.
+///
+/// The userinfo ends at the *last* `@` before any query or fragment, not at the first `/`:
+/// operators paste passwords with `/`, `?`-free `@` or `:` in them unencoded, and a parser that
+/// stops the authority at the first `/` would print such a password whole. When a path holds an
+/// `@` this redacts too much, never too little.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &rest[at..])
-        }
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..before_query].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{head}{user}:***{}", &rest[at..]),
         None => url.to_owned(),
     }
 }
@@ -344,18 +401,6 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_a_unit_or_mean_seconds() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        for bad in ["", "0", "0s", "ten", "5 days", "-1"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     fn broker(amqp_url: Option<&str>, rabbit_host: Option<&str>) -> BrokerArgs {
         BrokerArgs {
@@ -397,6 +442,24 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_sizes_read_as_operators_write_them() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1 GB"), Ok(1_000_000_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+        assert!(memory_limit().is_some_and(|m| m > 1 << 20));
+    }
+
+    #[test]
     fn passwords_never_reach_the_logs() {
         assert_eq!(
             redact_url("amqp://guest:secret@host:5672/%2f"),
@@ -404,6 +467,17 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
         assert_eq!(redact_url("amqps://u:p@ss@host/"), "amqps://u:***@host/");
+        // A password with `/` (unencoded, as operators paste them) is still hidden.
+        assert_eq!(
+            redact_url("amqp://guest:se/cr/et@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqps://u:a/b:c@d@mq/v?x=1"),
+            "amqps://u:***@mq/v?x=1"
+        );
+        assert_eq!(redact_url("amqp://user@host/%2f"), "amqp://user@host/%2f");
+        assert_eq!(redact_url("not a url"), "not a url");
         let settings = broker(Some("amqp://guest:secret@host:5672/%2f"), None)
             .settings()
             .unwrap();

@@ -4,7 +4,7 @@ use clap::Parser;
 use cloudimg_engine::Limits;
 use cloudimg_runtime::settings::{
     BrokerArgs, BrokerSettings, LimitArgs, LogArgs, ServiceArgs, ServiceSettings, StoreArgs,
-    StoreSettings,
+    StoreSettings, memory_limit,
 };
 
 /// What the worker needs, typed and validated.
@@ -46,9 +46,9 @@ pub struct Args {
     /// Bytes the jobs in flight may hold together (`512MiB`, `4GiB`), by each one's estimate from
     /// its header; a job waits for room, and one that needs more than all of it is dead-lettered
     /// with kind `over_budget`. Default: 75 % of the cgroup's memory limit, else of the machine's
-    /// memory (the rest is the process itself, the allocator's slack and the system).
+    /// memory, else 1 GiB (the rest is the process itself, the allocator's slack and the system).
     #[arg(long, env = "CLOUDIMG_MEMORY_BUDGET",
-          value_parser = cloudimg_runtime::budget::parse_bytes)]
+          value_parser = cloudimg_runtime::settings::parse_bytes)]
     pub memory_budget: Option<u64>,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -78,7 +78,7 @@ impl Args {
             job_timeout: self.job_timeout,
             memory_budget: self
                 .memory_budget
-                .unwrap_or_else(|| cloudimg_runtime::budget::default_budget(75)),
+                .unwrap_or_else(|| memory_limit().map_or(1 << 30, |m| m / 4 * 3)),
             service: self.service.settings(),
         })
     }

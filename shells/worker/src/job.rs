@@ -16,7 +16,7 @@ use cloudimg_runtime::proto::{ImageJob, image_job};
 use cloudimg_runtime::store::{ObjectMeta, ObjectStore};
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -182,26 +182,18 @@ pub(crate) async fn handle(
                 amqp::long_string(&truncate(&error, 2000)),
             );
             headers.insert(HEADER_ERROR_KIND.into(), amqp::long_string(kind.as_str()));
-            let published = async {
-                dead_letters
-                    .basic_publish(
-                        "".into(),
-                        dead_queue.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        properties
-                            .clone()
-                            .with_headers(headers)
-                            .with_delivery_mode(2),
-                    )
-                    .await?
-                    .await
-            }
+            let published = amqp::publish_confirmed(
+                &dead_letters,
+                &dead_queue,
+                &body,
+                properties.clone().with_headers(headers),
+                amqp::DEFAULT_CONFIRM_TIMEOUT,
+            )
             .await;
-            let confirmed = matches!(&published, Ok(c) if c.is_ack());
+            if let Err(e) = &published {
+                tracing::warn!(%job_id, error = %e, "dead-letter publish failed; rejecting instead");
+            }
+            let confirmed = published.is_ok();
             let result = if confirmed {
                 acker.ack(BasicAckOptions::default()).await
             } else {

@@ -144,7 +144,7 @@ async fn grpc_over_tls_with_a_token_and_no_credential_in_any_log() {
         (
             "plain http to the TLS port",
             address.clone(),
-            vec!["--token", &token],
+            vec!["--token", &token, "--tls-terminated"],
             Some(1),
             "failed",
         ),
