@@ -6,51 +6,8 @@ mod support;
 use cloudimg_engine::{
     Error, LimitKind, Limits, Options, OutputFormat, PathChoice, convert, estimate, probe,
 };
+use cloudimg_hostile::{count_scans, repeat_last_scan};
 use support::fixtures::{self, JpegSpec};
-
-/// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)
-/// after its entropy-coded data too (the next marker other than a restart or a stuffed byte).
-fn segment_end(jpeg: &[u8], at: usize) -> usize {
-    let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
-    let mut end = at + 2 + len;
-    if jpeg[at + 1] == 0xDA {
-        while jpeg[end] != 0xFF || matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7) {
-            end += 1;
-        }
-    }
-    end
-}
-
-/// `jpeg` with its last scan (header and data) repeated `times` more times before EOI. The
-/// repeated scan uses the tables in force at the end, so every copy decodes as the first did.
-fn repeat_last_scan(jpeg: &[u8], times: usize) -> Vec<u8> {
-    let mut at = 2;
-    let mut last_scan = None;
-    while jpeg[at + 1] != 0xD9 {
-        let end = segment_end(jpeg, at);
-        if jpeg[at + 1] == 0xDA {
-            last_scan = Some(at..end);
-        }
-        at = end;
-    }
-    let scan = last_scan.expect("a scan");
-    let mut out = jpeg[..at].to_vec();
-    for _ in 0..times {
-        out.extend_from_slice(&jpeg[scan.clone()]);
-    }
-    out.extend_from_slice(&jpeg[at..]);
-    out
-}
-
-fn count_scans(jpeg: &[u8]) -> usize {
-    let mut at = 2;
-    let mut scans = 0;
-    while jpeg[at + 1] != 0xD9 {
-        scans += usize::from(jpeg[at + 1] == 0xDA);
-        at = segment_end(jpeg, at);
-    }
-    scans
-}
 
 fn progressive() -> Vec<u8> {
     fixtures::jpeg(JpegSpec {

@@ -1,0 +1,264 @@
+//! What an attacker uploads, made at test time (never committed files): small inputs that cost a
+//! decoder gigabytes or minutes when nothing bounds it.
+//!
+//! * [`zeros_zlib`]: a zlib stream inflating about 1,000 to 1 (2 MB → 2 GB).
+//! * [`png_with_chunk`], [`ztxt`], [`iccp`]: that stream in a PNG's ancillary chunks, which a
+//!   decoder inflates while reading the header of a 1x1 image.
+//! * [`repeat_last_scan`]: a progressive JPEG repeating one scan thousands of times, each walking
+//!   the whole image.
+//! * [`png_declaring`], [`jpeg_declaring`]: headers that declare far more pixels than the file
+//!   holds.
+#![forbid(unsafe_code)]
+
+/// Deflate's bits, least significant first.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    count: u32,
+}
+
+impl Bits {
+    /// `len` bits of `value`, least significant first (deflate's extra bits and headers).
+    fn put(&mut self, value: u32, len: u32) {
+        self.acc |= u64::from(value) << self.count;
+        self.count += len;
+        while self.count >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.count -= 8;
+        }
+    }
+
+    /// A Huffman code, most significant bit first.
+    fn code(&mut self, code: u32, len: u32) {
+        for i in (0..len).rev() {
+            self.put((code >> i) & 1, 1);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.count > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// A zlib stream of `1 + 258 * matches` zero bytes in one dynamic-Huffman block whose every
+/// match (length 258, distance 1) takes two bits: about 1,000 to 1.
+///
+/// Literal/length code: 285 (length 258) is `0`, literal 0 is `10`, end of block is `11`;
+/// distance code: 0 (distance 1) is `0`, 1 is `1`. Their lengths are sent with the code-length
+/// code 18 (a run of zeros) `0`, length 1 `10`, length 2 `11`.
+pub fn zeros_zlib(matches: usize) -> Vec<u8> {
+    let mut bits = Bits::default();
+    bits.put(1, 1); // final block
+    bits.put(2, 2); // dynamic Huffman
+    bits.put(286 - 257, 5);
+    bits.put(2 - 1, 5);
+    bits.put(18 - 4, 4);
+    // Code-length code lengths in the order 16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3,
+    // 13, 2, 14, 1: 18 gets 1, 2 and 1 get 2.
+    for len in [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2] {
+        bits.put(len, 3);
+    }
+    let length = |bits: &mut Bits, len: u32| bits.code(if len == 1 { 0b10 } else { 0b11 }, 2);
+    let zeros = |bits: &mut Bits, run: u32| {
+        bits.code(0, 1);
+        bits.put(run - 11, 7);
+    };
+    length(&mut bits, 2); // literal 0
+    zeros(&mut bits, 138); // literals 1..=138
+    zeros(&mut bits, 117); // literals 139..=255
+    length(&mut bits, 2); // end of block
+    zeros(&mut bits, 28); // lengths 257..=284
+    length(&mut bits, 1); // 285
+    length(&mut bits, 1); // distance 0
+    length(&mut bits, 1); // distance 1
+    bits.code(0b10, 2); // one literal zero
+    for _ in 0..matches / 16 {
+        bits.put(0, 32); // sixteen matches
+    }
+    for _ in 0..matches % 16 {
+        bits.put(0, 2);
+    }
+    bits.code(0b11, 2); // end of block
+    let mut zlib = vec![0x78, 0x01];
+    zlib.extend(bits.finish());
+    let total = 1 + 258 * matches as u64;
+    let adler = ((total % 65521) << 16) | 1;
+    zlib.extend((adler as u32).to_be_bytes());
+    zlib
+}
+
+/// The matches for [`zeros_zlib`] to inflate to about `bytes`.
+pub fn matches_for(bytes: u64) -> usize {
+    (bytes / 258) as usize
+}
+
+/// PNG's CRC-32 (ISO 3309) of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// One PNG chunk: length, type, body, CRC.
+pub fn png_chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut chunk = (body.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(kind);
+    chunk.extend_from_slice(body);
+    chunk.extend(crc32(&chunk[4..]).to_be_bytes());
+    chunk
+}
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+fn ihdr(width: u32, height: u32, bit_depth: u8, color_type: u8) -> Vec<u8> {
+    let mut body = width.to_be_bytes().to_vec();
+    body.extend(height.to_be_bytes());
+    body.extend([bit_depth, color_type, 0, 0, 0]);
+    png_chunk(b"IHDR", &body)
+}
+
+/// A valid 1x1 8-bit gray PNG whose one pixel is `value`, built by hand (a stored deflate block).
+pub fn gray_pixel_png(value: u8) -> Vec<u8> {
+    let raw = [0u8, value]; // filter type 0, the pixel
+    let mut zlib = vec![0x78, 0x01, 0x01, 0x02, 0x00, 0xFD, 0xFF];
+    zlib.extend(raw);
+    let (a, b) = raw.iter().fold((1u32, 0u32), |(a, b), &x| {
+        let a = (a + u32::from(x)) % 65521;
+        (a, (b + a) % 65521)
+    });
+    zlib.extend(((b << 16) | a).to_be_bytes());
+    [
+        &PNG_SIGNATURE[..],
+        &ihdr(1, 1, 8, 0),
+        &png_chunk(b"IDAT", &zlib),
+        &png_chunk(b"IEND", &[]),
+    ]
+    .concat()
+}
+
+/// `png` with one more chunk right after its IHDR.
+pub fn png_with_chunk(png: &[u8], kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let ihdr_end = 8 + 8 + 13 + 4;
+    [&png[..ihdr_end], &png_chunk(kind, body), &png[ihdr_end..]].concat()
+}
+
+/// The body of a zTXt or iCCP chunk: a keyword, its NUL, method 0, then the zlib stream.
+pub fn compressed_body(keyword: &str, zlib: &[u8]) -> Vec<u8> {
+    [keyword.as_bytes(), &[0, 0], zlib].concat()
+}
+
+/// A 1x1 PNG with a zTXt comment inflating to about `inflated` bytes.
+pub fn ztxt(inflated: u64) -> Vec<u8> {
+    let body = compressed_body("Comment", &zeros_zlib(matches_for(inflated)));
+    png_with_chunk(&gray_pixel_png(7), b"zTXt", &body)
+}
+
+/// A 1x1 PNG with an ICC profile inflating to about `inflated` bytes.
+pub fn iccp(inflated: u64) -> Vec<u8> {
+    let body = compressed_body("icc", &zeros_zlib(matches_for(inflated)));
+    png_with_chunk(&gray_pixel_png(7), b"iCCP", &body)
+}
+
+/// A PNG header declaring `width` x `height` RGBA pixels of 16 bits, with one tiny IDAT: a
+/// decoder that trusts the header allocates `8 * width * height` bytes.
+pub fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+    [
+        &PNG_SIGNATURE[..],
+        &ihdr(width, height, 16, 6),
+        &png_chunk(b"IDAT", &[0x78, 0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]),
+        &png_chunk(b"IEND", &[]),
+    ]
+    .concat()
+}
+
+/// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)
+/// after its entropy-coded data too (the next marker other than a restart or a stuffed byte).
+fn segment_end(jpeg: &[u8], at: usize) -> usize {
+    let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+    let mut end = at + 2 + len;
+    if jpeg[at + 1] == 0xDA {
+        while jpeg[end] != 0xFF || matches!(jpeg[end + 1], 0x00 | 0xD0..=0xD7) {
+            end += 1;
+        }
+    }
+    end
+}
+
+/// `jpeg` with its last scan (header and data) repeated `times` more times before EOI. The
+/// repeated scan uses the tables in force at the end, so every copy decodes as the first did.
+pub fn repeat_last_scan(jpeg: &[u8], times: usize) -> Vec<u8> {
+    let mut at = 2;
+    let mut last_scan = None;
+    while jpeg[at + 1] != 0xD9 {
+        let end = segment_end(jpeg, at);
+        if jpeg[at + 1] == 0xDA {
+            last_scan = Some(at..end);
+        }
+        at = end;
+    }
+    let scan = last_scan.expect("a scan");
+    let mut out = jpeg[..at].to_vec();
+    for _ in 0..times {
+        out.extend_from_slice(&jpeg[scan.clone()]);
+    }
+    out.extend_from_slice(&jpeg[at..]);
+    out
+}
+
+/// How many scans (SOS segments) `jpeg` has.
+pub fn count_scans(jpeg: &[u8]) -> usize {
+    let mut at = 2;
+    let mut scans = 0;
+    while jpeg[at + 1] != 0xD9 {
+        scans += usize::from(jpeg[at + 1] == 0xDA);
+        at = segment_end(jpeg, at);
+    }
+    scans
+}
+
+/// `jpeg` with its frame header (SOFn) declaring `width` x `height`, cut after the first scan's
+/// header: a decoder that trusts the header allocates for the declared size before any data.
+pub fn jpeg_declaring(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let mut at = 2;
+    loop {
+        let marker = out[at + 1];
+        if matches!(marker, 0xC0..=0xC2) {
+            out[at + 5..at + 7].copy_from_slice(&height.to_be_bytes());
+            out[at + 7..at + 9].copy_from_slice(&width.to_be_bytes());
+        }
+        if marker == 0xDA {
+            let len = usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]]));
+            out.truncate(at + 2 + len + 64);
+            return out;
+        }
+        at += 2 + usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zlib_bomb_is_a_thousand_to_one() {
+        let zlib = zeros_zlib(matches_for(1 << 30));
+        assert!(zlib.len() < 1_100_000, "{}", zlib.len());
+    }
+
+    #[test]
+    fn crc_matches_the_png_specification_example() {
+        // The CRC of an IEND chunk's type is the constant every PNG ends with.
+        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+    }
+}
