@@ -315,6 +315,22 @@ impl ResultImage {
 /// A JPEG of `width` x `height` made of a colour gradient plus seeded noise; `noise` 0..=255 sets
 /// how incompressible it is.
 pub fn fixture_jpeg(width: u16, height: u16, seed: u64, noise: u8, quality: u8) -> Vec<u8> {
+    encode_fixture(width, height, seed, noise, quality, false)
+}
+
+/// [`fixture_jpeg`], progressive.
+pub fn fixture_progressive_jpeg(width: u16, height: u16, seed: u64) -> Vec<u8> {
+    encode_fixture(width, height, seed, 30, 90, true)
+}
+
+fn encode_fixture(
+    width: u16,
+    height: u16,
+    seed: u64,
+    noise: u8,
+    quality: u8,
+    progressive: bool,
+) -> Vec<u8> {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -336,7 +352,9 @@ pub fn fixture_jpeg(width: u16, height: u16, seed: u64, noise: u8, quality: u8) 
         }
     }
     let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, quality)
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+    encoder.set_progressive(progressive);
+    encoder
         .encode(&rgb, width, height, jpeg_encoder::ColorType::Rgb)
         .unwrap();
     out
@@ -716,6 +734,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Peak resident memory of a process so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -1179,18 +1206,17 @@ pub async fn upload_raw(
     )
     .await
     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let messages = vec![
-        UploadRequest {
-            part: Some(upload_request::Part::Metadata(UploadMetadata {
-                file_name: file_name.to_owned(),
-                size: data.len() as u64,
-                ..Default::default()
-            })),
-        },
-        UploadRequest {
-            part: Some(upload_request::Part::Chunk(data.into())),
-        },
-    ];
+    let mut messages = vec![UploadRequest {
+        part: Some(upload_request::Part::Metadata(UploadMetadata {
+            file_name: file_name.to_owned(),
+            size: data.len() as u64,
+            ..Default::default()
+        })),
+    }];
+    // Chunks under gRPC's 4 MiB message limit, as the real client sends them.
+    messages.extend(data.chunks(1 << 20).map(|chunk| UploadRequest {
+        part: Some(upload_request::Part::Chunk(chunk.to_vec().into())),
+    }));
     client
         .upload(futures_util::stream::iter(messages))
         .await
