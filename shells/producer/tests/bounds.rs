@@ -193,7 +193,7 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
         "the budget holds exactly four 4 MiB uploads"
     );
     assert!(
-        peak_while_full >= 16 << 20 && peak_while_full <= BUDGET,
+        ((16 << 20)..=BUDGET).contains(&peak_while_full),
         "{peak_while_full}"
     );
     for status in &refused {
