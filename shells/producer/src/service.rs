@@ -109,7 +109,12 @@ impl Inner {
         // The declared size is a claim, not a reservation: the buffer grows (and its share of the
         // memory budget with it) only as bytes arrive, so a client declaring 64 MiB and sending
         // nothing holds nothing.
-        let mut buf = Buffer::new(self.budget.empty());
+        let mut reservation = self.budget.empty();
+        // The metadata is held for the whole upload and a file name can be megabytes: it counts.
+        reservation
+            .grow(meta.encoded_len() as u64)
+            .map_err(over_budget)?;
+        let mut buf = Buffer::new(reservation);
         let mut sniffed = false;
         while let Some(message) = stream.message().await? {
             match message.part {
@@ -341,6 +346,10 @@ fn token_matches(token: &Secret, given: &str) -> bool {
     std::hint::black_box(difference) == 0
 }
 
+fn over_budget(e: cloudimg_runtime::Error) -> Status {
+    Status::resource_exhausted(format!("{e} (CLOUDIMG_MEMORY_BUDGET)"))
+}
+
 /// An upload's bytes as they arrive, in one buffer whose capacity is reserved from the memory
 /// budget before it is allocated.
 struct Buffer {
@@ -371,7 +380,7 @@ impl Buffer {
             let target = (capacity * 2).max(64 << 10).min(max as usize).max(needed);
             self.reservation
                 .grow((target - capacity) as u64)
-                .map_err(|e| Status::resource_exhausted(format!("{e} (CLOUDIMG_MEMORY_BUDGET)")))?;
+                .map_err(over_budget)?;
             metrics::gauge!("cloudimg_upload_bytes_reserved")
                 .set(self.reservation.budget().in_use() as f64);
             let mut grown = BytesMut::with_capacity(target);

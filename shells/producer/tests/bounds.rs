@@ -111,7 +111,7 @@ async fn stalled_and_dripping_uploads_end_at_their_deadlines_while_good_ones_lan
 
 /// The peak resident memory the producer may reach in the budget test: its own ~40 MiB (tokio,
 /// tonic, the AWS SDK, HTTP/2 buffers, the allocator's arenas) plus the 16 MiB budget and room
-/// for a growth step's copy. Measured (debug build, 2026-11-28): 58 MiB with the budget; 116 MiB
+/// for a growth step's copy. Measured (debug build, 2026-11-28): 55-58 MiB with the budget; 116 MiB
 /// with a 1 GiB budget, when all twelve uploads are held.
 const BUDGET_TEST_PEAK_KIB: u64 = 72 << 10;
 
@@ -120,13 +120,14 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
     let Some(connection) = broker().await else {
         return;
     };
-    const BUDGET: u64 = 16 << 20;
+    // 16 MiB for four uploads' buffers and 1 KiB for their metadata, which counts too.
+    const BUDGET: u64 = (16 << 20) + 1024;
     let metrics = free_port();
     let producer = Producer::start(
         "budget",
         &amqp_url(),
         &[
-            ("CLOUDIMG_MEMORY_BUDGET", "16MiB"),
+            ("CLOUDIMG_MEMORY_BUDGET", "16778240"),
             ("CLOUDIMG_METRICS_LISTEN", &format!("127.0.0.1:{metrics}")),
         ],
     );
@@ -145,14 +146,13 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
             .chain(large[..4 << 20].chunks(1 << 20).map(chunk))
             .collect();
         let (tx, call) = open_upload(&channel, first);
-        let want = (held.len() as u64 + 1) * (4 << 20);
         // Settled: either refused, or its 4 MiB received and reserved.
         let settled = eventually(HUNG, || {
             let now = reserved();
             if now > BUDGET {
                 over.push(now);
             }
-            call.is_finished() || now == want
+            call.is_finished() || now >> 22 == held.len() as u64 + 1
         })
         .await;
         assert!(settled, "an upload neither held nor refused");
@@ -188,11 +188,14 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
     );
     assert!(over.is_empty(), "reserved past the budget: {over:?}");
     assert_eq!(
-        ended.len() as u64 * (4 << 20),
-        BUDGET,
+        ended.len(),
+        4,
         "the budget holds exactly four 4 MiB uploads"
     );
-    assert_eq!(peak_while_full, BUDGET);
+    assert!(
+        ((16 << 20)..=BUDGET).contains(&peak_while_full),
+        "{peak_while_full}"
+    );
     for status in &refused {
         assert!(
             matches!(status, Err(s) if s.code() == Code::ResourceExhausted

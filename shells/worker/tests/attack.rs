@@ -128,7 +128,7 @@ async fn under_attack_every_photo_lands_and_memory_stays_bounded() {
         futures_util::stream::iter(0..TINY)
             .map(|i| {
                 upload_raw(
-                    &address,
+                    address,
                     "tiny.png",
                     cloudimg_hostile::gray_pixel_png(i as u8),
                 )
