@@ -105,6 +105,11 @@ say "tests"
 cargo test --workspace --all-targets --quiet
 cargo test --workspace --doc --quiet
 
+# The fuzz targets are their own workspace (cargo-fuzz builds them with sanitizer flags): check
+# that they still compile against the engine's API, without running them (scripts/fuzz.sh does).
+say "fuzz targets compile"
+cargo check --quiet --manifest-path engine/fuzz/Cargo.toml --bins
+
 if [[ -f cloudformation/check.sh ]]; then
     say "cloudformation checks"
     bash cloudformation/check.sh
