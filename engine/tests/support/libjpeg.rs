@@ -71,24 +71,25 @@ pub fn djpeg_gray(jpeg: &[u8]) -> Result<Gray, String> {
 }
 
 /// libjpeg's encode of an 8-bit gray plane: `cjpeg -grayscale -dct int -baseline -quality
-/// <quality>`. `-baseline` clamps the quantization steps to 255 as the engine does; without it,
-/// below quality 25 cjpeg writes 16-bit steps in an extended (SOF1) frame.
-pub fn cjpeg_gray(gray: &Gray, quality: u8) -> Result<Vec<u8>, String> {
+/// <quality>`, with `-optimize` (Huffman tables fitted to the image) when asked. `-baseline`
+/// clamps the quantization steps to 255 as the engine does; without it, below quality 25 cjpeg
+/// writes 16-bit steps in an extended (SOF1) frame.
+pub fn cjpeg_gray(gray: &Gray, quality: u8, optimize: bool) -> Result<Vec<u8>, String> {
     let mut pgm = format!("P5\n{} {}\n255\n", gray.width, gray.height).into_bytes();
     pgm.extend_from_slice(&gray.pixels);
     let quality = quality.to_string();
-    pipe(
-        "cjpeg",
-        &[
-            "-grayscale",
-            "-dct",
-            "int",
-            "-baseline",
-            "-quality",
-            &quality,
-        ],
-        &pgm,
-    )
+    let mut args = vec![
+        "-grayscale",
+        "-dct",
+        "int",
+        "-baseline",
+        "-quality",
+        &quality,
+    ];
+    if optimize {
+        args.push("-optimize");
+    }
+    pipe("cjpeg", &args, &pgm)
 }
 
 /// A binary PGM (`P5`, maxval 255) as djpeg writes it.
