@@ -45,6 +45,26 @@ fn class_min_db(class: &str) -> f64 {
     }
 }
 
+/// The `either` rows' outcomes, pinned: one `converted` or `refused` line per file, by path.
+/// Which of them the engine takes is a decision, so a change shows as a diff of this file.
+const EITHER_PINNED: &str = "tests/conformance_either.txt";
+
+/// The pinned list's text for these outcomes.
+fn either_listing(outcomes: &[(&str, bool)]) -> String {
+    let converted = outcomes.iter().filter(|(_, c)| *c).count();
+    let mut text = format!(
+        "# The corpus files marked `either` and what the engine does with them ({converted} converted, \
+         {} refused). Written by CLOUDIMG_UPDATE_EITHER=1 cargo test -p cloudimg-engine --test \
+         conformance; checked by the same test without it.\n",
+        outcomes.len() - converted
+    );
+    for (path, converted) in outcomes {
+        let word = if *converted { "converted" } else { "refused" };
+        text.push_str(&format!("{word}\t{path}\n"));
+    }
+    text
+}
+
 /// What one file did.
 enum Outcome {
     /// Converted and checked; PSNR against the reference where one exists.
@@ -91,7 +111,7 @@ fn check(root: &std::path::Path, entry: &Entry) -> Result<Outcome, String> {
     } else {
         stored
     };
-    if entry.expect == "ok" && displayed != entry.displayed() {
+    if displayed != entry.displayed() {
         return Err(format!(
             "output displays at {}x{} (stored {}x{}, orientation {}), the source at {}x{}",
             displayed.0,
@@ -139,7 +159,16 @@ fn every_manifest_entry_behaves_as_expected() {
     let mut failures = Vec::new();
     let mut by_class: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let (mut refused, mut converted) = (0, 0);
+    let mut either = Vec::new();
     for (entry, outcome) in entries.iter().zip(&outcomes) {
+        if entry.expect == "either"
+            && let Ok(outcome) = outcome
+        {
+            either.push((
+                entry.path.as_str(),
+                matches!(outcome, Outcome::Converted { .. }),
+            ));
+        }
         match outcome {
             Err(reason) => failures.push(format!("{} [{}]: {reason}", entry.path, entry.expect)),
             Ok(Outcome::Refused) => refused += 1,
@@ -181,6 +210,32 @@ fn every_manifest_entry_behaves_as_expected() {
             finite.iter().sum::<f64>() / finite.len() as f64
         };
         println!("{class:<40} {:>5} {min:>9.2} {mean:>9.2}", dbs.len());
+    }
+    let listing = either_listing(&either);
+    let pinned_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(EITHER_PINNED);
+    if std::env::var_os("CLOUDIMG_UPDATE_EITHER").is_some() {
+        std::fs::write(&pinned_path, &listing).expect("write the pinned either list");
+    }
+    let pinned = std::fs::read_to_string(&pinned_path).unwrap_or_default();
+    if pinned != listing {
+        let lines = |t: &str| -> Vec<String> { t.lines().map(str::to_owned).collect() };
+        let (now, then) = (lines(&listing), lines(&pinned));
+        let mut diff: Vec<String> = then
+            .iter()
+            .filter(|l| !now.contains(l))
+            .map(|l| format!("- {l}"))
+            .collect();
+        diff.extend(
+            now.iter()
+                .filter(|l| !then.contains(l))
+                .map(|l| format!("+ {l}")),
+        );
+        failures.push(format!(
+            "the `either` files' outcomes differ from engine/{EITHER_PINNED}:\n{}\n\
+             If the change is meant, rewrite it with CLOUDIMG_UPDATE_EITHER=1 cargo test -p \
+             cloudimg-engine --test conformance, commit the diff and update the README's counts.",
+            diff.join("\n")
+        ));
     }
     if let Some(bench) = by_class.get("bench") {
         let mean = bench.iter().sum::<f64>() / bench.len() as f64;

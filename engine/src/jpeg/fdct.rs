@@ -446,6 +446,8 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             kernels.push(("avx2", avx2_detected));
+        } else {
+            crate::luma::note_untested_without_avx2("forward DCT");
         }
         kernels
     }

@@ -84,7 +84,7 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx2") {
             all.push(("avx2", avx2_detected));
         } else {
-            eprintln!("note: this CPU has no AVX2; the AVX2 kernel was not tested");
+            crate::luma::note_untested_without_avx2("survive mask");
         }
         all
     }

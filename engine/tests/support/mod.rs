@@ -3,11 +3,48 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fixtures;
+pub mod libjpeg;
 
 use std::path::{Path, PathBuf};
 
-/// The corpus root: `CLOUDIMG_CORPUS`, else `../shared/corpus` from the workspace root.
-/// `None` (with the reason printed) where it is absent, which fails under `CI=true`.
+/// A test that cannot run here says so, loudly. Under `CI=true` a missing prerequisite is a
+/// failure (the panic), never a pass. Elsewhere the test passes, the line `SKIPPED: <reason>`
+/// goes to stderr, and the reason is appended to the file `CLOUDIMG_SKIP_LOG` names (set by
+/// `scripts/test.sh`, which counts the lines at the end: cargo captures a passing test's stderr,
+/// so a printed line alone would be lost). Returns `None` so callers can write
+/// `let Some(x) = ... else { return skip(...) }`.
+pub fn skip<T>(reason: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}: under CI=true this test must run, not skip");
+    }
+    record_skip(reason);
+    None
+}
+
+/// Prints and logs a skip without the CI rule: for tests a run opts into (the long ones).
+pub fn record_skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED: {test}: {reason}");
+    if let Some(log) = std::env::var_os("CLOUDIMG_SKIP_LOG") {
+        // One short write per line with O_APPEND: lines from parallel tests never interleave.
+        let line = format!("{test}: {reason}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            panic!(
+                "cannot append to CLOUDIMG_SKIP_LOG {}: {e}",
+                log.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// The corpus root: `CLOUDIMG_CORPUS`, else `../shared/corpus` from the workspace root; a skip
+/// (see [`skip`]) where it is absent.
 pub fn corpus() -> Option<PathBuf> {
     let root = std::env::var_os("CLOUDIMG_CORPUS")
         .map(PathBuf::from)
@@ -15,12 +52,10 @@ pub fn corpus() -> Option<PathBuf> {
     if root.join("MANIFEST.tsv").is_file() {
         return Some(root);
     }
-    let reason = format!("no corpus at {} (set CLOUDIMG_CORPUS)", root.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}: CI must run the corpus tests");
-    }
-    eprintln!("skipped: {reason}");
-    None
+    skip(&format!(
+        "corpus absent: no {} (set CLOUDIMG_CORPUS)",
+        root.join("MANIFEST.tsv").display()
+    ))
 }
 
 /// One row of MANIFEST.tsv.
