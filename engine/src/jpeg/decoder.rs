@@ -408,12 +408,19 @@ impl<'a> Decoder<'a> {
         self.check_tables(header, dc_scan && header.ah == 0, !dc_scan)?;
         if dc_scan {
             self.luma_seen = true;
+            self.progressive_dc_scan(header, scan)
+        } else {
+            self.progressive_ac_scan(header, scan)
         }
+    }
+
+    /// Progressive DC scan, first or refining: interleaved, MCU by MCU.
+    #[inline(never)]
+    fn progressive_dc_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
         let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
         let (stride, _) = self.padded_luma_blocks();
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
-        let mut eob_run = 0u32;
         let mut restarts = Restarts::new(self.restart_interval);
         let luma_pos = header
             .components
@@ -424,40 +431,79 @@ impl<'a> Decoder<'a> {
             for mcu_x in 0..mcus_x {
                 if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
-                    eob_run = 0;
                 }
                 for (c, &(h, v)) in sizes.iter().enumerate() {
-                    let (_, dc_id, ac_id) = header.components[c];
+                    let (_, dc_id, _) = header.components[c];
                     for by in 0..v {
                         for bx in 0..h {
                             let block = (c == luma_pos).then(|| {
                                 let index = (mcu_y * v + by) * stride + mcu_x * h + bx;
                                 &mut self.plane[index]
                             });
-                            match (dc_scan, header.ah) {
-                                (true, 0) => {
-                                    let table = self.dc[dc_id].as_ref().expect("checked");
-                                    dc_first(&mut reader, table, &mut preds[c], header.al, block)?;
-                                }
-                                (true, _) => {
-                                    if let (true, Some(block)) = (reader.bit(), block) {
-                                        block.coef[0] |= 1 << header.al;
-                                    }
-                                }
-                                (false, 0) => {
-                                    let table = self.ac[ac_id].as_ref().expect("checked");
-                                    let block = block.expect("AC scans hold only luma");
-                                    ac_first(&mut reader, table, header, &mut eob_run, block)?;
-                                }
-                                (false, _) => {
-                                    let table = self.ac[ac_id].as_ref().expect("checked");
-                                    let block = block.expect("AC scans hold only luma");
-                                    ac_refine(&mut reader, table, header, &mut eob_run, block)?;
-                                }
+                            if header.ah == 0 {
+                                let table = self.dc[dc_id].as_ref().expect("checked");
+                                dc_first(&mut reader, table, &mut preds[c], header.al, block)?;
+                            } else if let (true, Some(block)) = (reader.bit(), block) {
+                                block.coef[0] |= 1 << header.al;
                             }
                         }
                     }
                 }
+            }
+            if reader.overran(scan.interval_end(restarts.interval)) {
+                return Err(truncated());
+            }
+        }
+        Ok(())
+    }
+
+    /// Progressive AC scan, first or refining. It holds luma alone (AC scans have one
+    /// component), one block per MCU in raster order over the component's own blocks. An
+    /// end-of-band run is passed over in one step where it changes nothing (first scans), and
+    /// block by block only where it has correction bits to read (refinement).
+    #[inline(never)]
+    fn progressive_ac_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        let table = self.ac[header.components[0].2]
+            .as_ref()
+            .expect("checked");
+        let (blocks_w, blocks_h) = self.frame.component_blocks(0);
+        let (stride, _) = self.padded_luma_blocks();
+        let mut reader = BitReader::new(&scan.bytes, 0);
+        let mut eob_run = 0u32;
+        let mut restarts = Restarts::new(self.restart_interval);
+        let refine = header.ah != 0;
+        let band = bit_range(header.ss, header.se + 1);
+        for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
+            let row = &mut row[..blocks_w];
+            let mut x = 0;
+            while x < blocks_w {
+                if restarts.before_mcu(&mut reader, scan)? {
+                    eob_run = 0;
+                }
+                let block = &mut row[x];
+                x += 1;
+                if refine {
+                    ac_refine(&mut reader, table, header, band, &mut eob_run, block)?;
+                } else {
+                    ac_first(&mut reader, table, header, &mut eob_run, block)?;
+                }
+                if eob_run == 0 {
+                    continue;
+                }
+                // The run goes on over the next blocks, as far as the row's end (the next row
+                // comes round this loop again) and never past a restart marker, which ends it.
+                let n = (eob_run as usize).min(blocks_w - x).min(restarts.left);
+                if refine {
+                    for block in &mut row[x..x + n] {
+                        let nonzero = block.mask & band;
+                        if nonzero != 0 {
+                            refine_nonzero(&mut reader, block, nonzero, 1 << header.al);
+                        }
+                    }
+                }
+                restarts.left -= n;
+                eob_run -= n as u32;
+                x += n;
             }
             if reader.overran(scan.interval_end(restarts.interval)) {
                 return Err(truncated());
@@ -473,18 +519,27 @@ impl<'a> Decoder<'a> {
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
         for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
             let row = &mut row[..blocks_w];
-            for block in row.iter_mut() {
-                let dc_ok = i32::from(block.coef[0]).abs() <= MAX_DC;
-                if !dc_ok || block.coef[1..].iter().any(|&c| i32::from(c).abs() > MAX_AC) {
-                    return Err(invalid(
-                        "corrupt progressive data: a coefficient beyond the 8-bit range",
-                    ));
-                }
+            // Every magnitude ORed together stays under 1024 exactly when each does (the AC
+            // bound is all ones): a few vector instructions per block in the common case, and
+            // the exact test (the DC may reach 2047) only for a row where something is large.
+            let all = row.iter().fold(0u16, |all, block| {
+                block.coef.iter().fold(all, |all, &c| all | c.unsigned_abs())
+            });
+            if i32::from(all) > MAX_AC && row.iter().any(out_of_range) {
+                return Err(invalid(
+                    "corrupt progressive data: a coefficient beyond the 8-bit range",
+                ));
             }
             sink.row(row)?;
         }
         Ok(())
     }
+}
+
+/// Whether a block holds a coefficient no 8-bit JPEG can hold.
+fn out_of_range(block: &Block) -> bool {
+    i32::from(block.coef[0]).abs() > MAX_DC
+        || block.coef[1..].iter().any(|&c| i32::from(c).abs() > MAX_AC)
 }
 
 fn truncated() -> Error {
@@ -768,14 +823,19 @@ fn ac_first(
 /// Bits `from..to` (to at most 64) set.
 #[inline(always)]
 fn bit_range(from: usize, to: usize) -> u64 {
-    if from >= to {
-        return 0;
-    }
-    (u64::MAX >> (64 - (to - from))) << from
+    from_bit(u64::MAX, from) & !from_bit(u64::MAX, to)
+}
+
+/// The bits of `set` from bit `from` up (none when `from` is 64).
+#[inline(always)]
+fn from_bit(set: u64, from: usize) -> u64 {
+    set & u64::MAX.checked_shl(from as u32).unwrap_or(0)
 }
 
 /// Reads one correction bit for each coefficient in `nonzero` (ascending), several bits per read,
-/// and adds `p1` to the magnitude where the bit says so (G.1.2.3).
+/// and adds `p1` to the magnitude where the bit says so and that bit of the coefficient is still
+/// clear (G.1.2.3). Branch-free: the correction bits are close to random, a branch on each one
+/// mispredicted every other time.
 #[inline(always)]
 fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p1: i16) {
     while nonzero != 0 {
@@ -785,10 +845,10 @@ fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p
         for _ in 0..n {
             let k = nonzero.trailing_zeros() as usize;
             nonzero &= nonzero - 1;
-            let c = &mut block.coef[k];
-            if bits & 0x8000_0000 != 0 && *c & p1 == 0 {
-                *c += if *c >= 0 { p1 } else { -p1 };
-            }
+            let c = block.coef[k];
+            let add = (p1 & !c) * (bits >> 31) as i16;
+            let sign = c >> 15;
+            block.coef[k] = c.wrapping_add((add ^ sign) - sign);
             bits <<= 1;
         }
     }
@@ -797,57 +857,72 @@ fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p
 /// Progressive, refining AC scan of a band (G.1.2.3; libjpeg's `decode_mcu_AC_refine`). The
 /// block's nonzero mask finds each run's end in one step and batches the correction bits of the
 /// coefficients passed on the way, instead of walking the band one coefficient at a time.
+/// `band` holds bits `ss..=se`. Most symbols (a run and a one-bit coefficient) come with their
+/// sign bit from one lookup in the fused table.
 fn ac_refine(
     reader: &mut BitReader,
     table: &DecodeTable,
     scan: &ScanHeader,
+    band: u64,
     eob_run: &mut u32,
     block: &mut Block,
 ) -> Result<()> {
     let p1 = 1i16 << scan.al;
-    let mut k = scan.ss;
+    // The band's positions not passed yet.
+    let mut rest = band;
     if *eob_run == 0 {
-        while k <= scan.se {
+        while rest != 0 {
             reader.ensure(32);
-            let (symbol, len) = table.decode(reader.peek())?;
-            reader.consume(len);
-            let (run, size) = (symbol >> 4, symbol & 15);
-            let mut value = 0i16;
-            if size != 0 {
-                if size != 1 {
-                    return Err(invalid(format!(
-                        "corrupt progressive refinement: a coefficient of {size} bits, expected 1"
-                    )));
+            let bits = reader.peek();
+            let fused = table.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+            let sign = (fused >> 16) as u16 as i16;
+            let (run, value) = if fused != 0 && sign.unsigned_abs() == 1 {
+                reader.consume(fused & 0xFF);
+                ((fused >> 8) & 15, sign * p1)
+            } else {
+                let (symbol, len) = table.decode(bits)?;
+                reader.consume(len);
+                let (run, size) = (u32::from(symbol >> 4), symbol & 15);
+                let mut value = 0i16;
+                if size != 0 {
+                    if size != 1 {
+                        return Err(invalid(format!(
+                            "corrupt progressive refinement: a coefficient of {size} bits, expected 1"
+                        )));
+                    }
+                    value = if reader.bit() { p1 } else { -p1 };
+                } else if run != 15 {
+                    *eob_run = eob_run_length(reader, run);
+                    break;
                 }
-                value = if reader.bit() { p1 } else { -p1 };
-            } else if run != 15 {
-                *eob_run = eob_run_length(reader, u32::from(run));
-                break;
-            }
-            // The run ends at the (run + 1)-th coefficient still zero, from k on; the nonzero
+                (run, value)
+            };
+            // The run ends at the (run + 1)-th coefficient still zero from here on; the nonzero
             // ones passed on the way each take a correction bit.
-            let mut zeros = !block.mask & bit_range(k, scan.se + 1);
+            let mut zeros = !block.mask & rest;
             for _ in 0..run {
                 zeros &= zeros.wrapping_sub(1);
             }
-            let target = (zeros != 0).then(|| zeros.trailing_zeros() as usize);
-            let end = target.unwrap_or(scan.se + 1);
-            refine_nonzero(reader, block, block.mask & bit_range(k, end), p1);
-            match target {
-                Some(t) => {
-                    if value != 0 {
-                        block.coef[t] = value;
-                        block.mask |= 1 << t;
-                    }
-                    k = t + 1;
+            if zeros == 0 {
+                if value != 0 {
+                    return Err(coefficient_overflow());
                 }
-                None if value != 0 => return Err(coefficient_overflow()),
-                None => k = scan.se + 1,
+                refine_nonzero(reader, block, block.mask & rest, p1);
+                rest = 0;
+                break;
             }
+            let t = zeros.trailing_zeros() as usize;
+            let passed = (1u64 << t) - 1;
+            refine_nonzero(reader, block, block.mask & rest & passed, p1);
+            if value != 0 {
+                block.coef[t] = value;
+                block.mask |= 1 << t;
+            }
+            rest &= !(passed | 1 << t);
         }
     }
     if *eob_run > 0 {
-        refine_nonzero(reader, block, block.mask & bit_range(k, scan.se + 1), p1);
+        refine_nonzero(reader, block, block.mask & rest, p1);
         *eob_run -= 1;
     }
     Ok(())
