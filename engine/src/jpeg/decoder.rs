@@ -359,18 +359,7 @@ impl<'a> Decoder<'a> {
                 )
             })
             .collect();
-        // The MCU's blocks in coding order, flat: which scan component, and for luma where the
-        // block goes in the band (relative to the MCU's first column). One flat loop repeats
-        // the same branch pattern every MCU, which the predictor learns.
-        let plan: Vec<(usize, Option<usize>)> = sizes
-            .iter()
-            .enumerate()
-            .flat_map(|(c, &(h, v))| {
-                (0..v).flat_map(move |by| {
-                    (0..h).map(move |bx| (c, (c == luma_pos).then_some(by * stride + bx)))
-                })
-            })
-            .collect();
+        let plan = mcu_plan(&sizes, luma_pos, stride);
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut restarts = Restarts::new(self.restart_interval);
@@ -414,39 +403,49 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// Progressive DC scan, first or refining: interleaved, MCU by MCU.
+    /// Progressive DC scan, first or refining: MCU by MCU through the flat block plan (one
+    /// branch pattern per MCU). A refinement takes the MCU's correction bits (one per block, ten
+    /// at most) in one read.
     #[inline(never)]
     fn progressive_dc_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
         let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
         let (stride, _) = self.padded_luma_blocks();
-        let mut reader = BitReader::new(&scan.bytes, 0);
-        let mut preds = [0i32; 4];
-        let mut restarts = Restarts::new(self.restart_interval);
         let luma_pos = header
             .components
             .iter()
             .position(|&(i, _, _)| i == 0)
             .expect("scan has luma");
+        let (luma_h, luma_v) = sizes[luma_pos];
+        let plan = mcu_plan(&sizes, luma_pos, stride);
+        let tables: Vec<Option<&DecodeTable>> = header
+            .components
+            .iter()
+            .map(|&(_, dc, _)| self.dc[dc].as_ref())
+            .collect();
+        let (al, refine) = (header.al, header.ah != 0);
+        let mut reader = BitReader::new(&scan.bytes, 0);
+        let mut preds = [0i32; 4];
+        let mut restarts = Restarts::new(self.restart_interval);
         for mcu_y in 0..mcus_y {
             for mcu_x in 0..mcus_x {
                 if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
                 }
-                for (c, &(h, v)) in sizes.iter().enumerate() {
-                    let (_, dc_id, _) = header.components[c];
-                    for by in 0..v {
-                        for bx in 0..h {
-                            let block = (c == luma_pos).then(|| {
-                                let index = (mcu_y * v + by) * stride + mcu_x * h + bx;
-                                &mut self.plane[index]
-                            });
-                            if header.ah == 0 {
-                                let table = self.dc[dc_id].as_ref().expect("checked");
-                                dc_first(&mut reader, table, &mut preds[c], header.al, block)?;
-                            } else if let (true, Some(block)) = (reader.bit(), block) {
-                                block.coef[0] |= 1 << header.al;
-                            }
+                let first = mcu_y * luma_v * stride + mcu_x * luma_h;
+                if refine {
+                    reader.ensure(plan.len() as u32);
+                    let mut bits = reader.take(plan.len() as u32) << (32 - plan.len());
+                    for &(_, luma) in &plan {
+                        if let (Some(offset), true) = (luma, bits & 0x8000_0000 != 0) {
+                            self.plane[first + offset].coef[0] |= 1 << al;
                         }
+                        bits <<= 1;
+                    }
+                } else {
+                    for &(c, luma) in &plan {
+                        let table = tables[c].expect("checked");
+                        let block = luma.map(|offset| &mut self.plane[first + offset]);
+                        dc_first(&mut reader, table, &mut preds[c], al, block)?;
                     }
                 }
             }
@@ -461,8 +460,31 @@ impl<'a> Decoder<'a> {
     /// component), one block per MCU in raster order over the component's own blocks. An
     /// end-of-band run is passed over in one step where it changes nothing (first scans), and
     /// block by block only where it has correction bits to read (refinement).
-    #[inline(never)]
+    ///
+    /// On x86-64 CPUs with BMI2 the whole loop is compiled a second time for them: `pdep`
+    /// finds where a run ends and which coefficients a batch of correction bits refines in one
+    /// instruction each, where the portable code walks bit by bit.
     fn progressive_ac_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if has_bmi2() {
+            // SAFETY: the CPU reported BMI2 and POPCNT.
+            return unsafe { self.ac_scan_bmi2(header, scan) };
+        }
+        self.ac_scan::<false>(header, scan)
+    }
+
+    /// # Safety
+    /// The CPU must support BMI2 and POPCNT.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "bmi1,bmi2,popcnt")]
+    #[inline(never)]
+    unsafe fn ac_scan_bmi2(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        self.ac_scan::<true>(header, scan)
+    }
+
+    /// The AC scan loop; `BMI2` only inside [`Self::ac_scan_bmi2`].
+    #[inline(always)]
+    fn ac_scan<const BMI2: bool>(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
         let table = self.ac[header.components[0].2]
             .as_ref()
             .expect("checked");
@@ -483,7 +505,7 @@ impl<'a> Decoder<'a> {
                 let block = &mut row[x];
                 x += 1;
                 if refine {
-                    ac_refine(&mut reader, table, header, band, &mut eob_run, block)?;
+                    ac_refine::<BMI2>(&mut reader, table, header, band, &mut eob_run, block)?;
                 } else {
                     ac_first(&mut reader, table, header, &mut eob_run, block)?;
                 }
@@ -497,7 +519,7 @@ impl<'a> Decoder<'a> {
                     for block in &mut row[x..x + n] {
                         let nonzero = block.mask & band;
                         if nonzero != 0 {
-                            refine_nonzero(&mut reader, block, nonzero, 1 << header.al);
+                            refine_nonzero::<BMI2>(&mut reader, block, nonzero, 1 << header.al);
                         }
                     }
                 }
@@ -534,6 +556,21 @@ impl<'a> Decoder<'a> {
         }
         Ok(())
     }
+}
+
+/// An MCU's blocks in coding order, flat: which scan component, and for luma where the block
+/// goes relative to the MCU's first block in a plane `stride` blocks wide. One flat loop repeats
+/// the same branch pattern every MCU, which the predictor learns.
+fn mcu_plan(sizes: &[(usize, usize)], luma_pos: usize, stride: usize) -> Vec<(usize, Option<usize>)> {
+    sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &(h, v))| {
+            (0..v).flat_map(move |by| {
+                (0..h).map(move |bx| (c, (c == luma_pos).then_some(by * stride + bx)))
+            })
+        })
+        .collect()
 }
 
 /// Whether a block holds a coefficient no 8-bit JPEG can hold.
@@ -767,6 +804,7 @@ fn eob_run_length(reader: &mut BitReader, r: u32) -> u32 {
 }
 
 /// Progressive, first AC scan of a band (G.1.2.2).
+#[inline(always)]
 fn ac_first(
     reader: &mut BitReader,
     table: &DecodeTable,
@@ -837,11 +875,33 @@ fn from_bit(set: u64, from: usize) -> u64 {
 /// clear (G.1.2.3). Branch-free: the correction bits are close to random, a branch on each one
 /// mispredicted every other time.
 #[inline(always)]
-fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p1: i16) {
+fn refine_nonzero<const BMI2: bool>(
+    reader: &mut BitReader,
+    block: &mut Block,
+    mut nonzero: u64,
+    p1: i16,
+) {
     while nonzero != 0 {
         let n = nonzero.count_ones().min(32);
         reader.ensure(32);
-        let mut bits = reader.take(n) << (32 - n);
+        let taken = reader.take(n);
+        #[cfg(target_arch = "x86_64")]
+        if BMI2 {
+            // The bits are read first-coefficient-first from the top; `pdep` wants the first
+            // at the bottom. What it deposits is where a bit says refine.
+            let bits = u64::from(taken.reverse_bits() >> (32 - n));
+            let (batch, mut refined) = (deposit(u64::from(u32::MAX >> (32 - n)), nonzero), deposit(bits, nonzero));
+            nonzero &= !batch;
+            while refined != 0 {
+                let k = refined.trailing_zeros() as usize;
+                refined &= refined - 1;
+                let c = block.coef[k];
+                let sign = c >> 15;
+                block.coef[k] = c.wrapping_add(((p1 & !c) ^ sign) - sign);
+            }
+            continue;
+        }
+        let mut bits = taken << (32 - n);
         for _ in 0..n {
             let k = nonzero.trailing_zeros() as usize;
             nonzero &= nonzero - 1;
@@ -854,12 +914,43 @@ fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p
     }
 }
 
+/// The low bits of `bits` spread, lowest first, over the set bits of `mask` (`pdep`).
+///
+/// Only ever called inside functions compiled for BMI2, reached after [`has_bmi2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn deposit(bits: u64, mask: u64) -> u64 {
+    // SAFETY: see above; every caller is instantiated with BMI2 only under `ac_scan_bmi2`.
+    unsafe { std::arch::x86_64::_pdep_u64(bits, mask) }
+}
+
+/// Whether the CPU has what [`Decoder::ac_scan_bmi2`] is compiled for.
+#[cfg(target_arch = "x86_64")]
+fn has_bmi2() -> bool {
+    std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("popcnt")
+}
+
+/// The lowest set bit of `set` after its first `n`, alone (0 when `set` has no more).
+#[inline(always)]
+fn nth_set<const BMI2: bool>(set: u64, n: u32) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if BMI2 {
+        return deposit(1 << n, set);
+    }
+    let mut set = set;
+    for _ in 0..n {
+        set &= set.wrapping_sub(1);
+    }
+    set & set.wrapping_neg()
+}
+
 /// Progressive, refining AC scan of a band (G.1.2.3; libjpeg's `decode_mcu_AC_refine`). The
 /// block's nonzero mask finds each run's end in one step and batches the correction bits of the
 /// coefficients passed on the way, instead of walking the band one coefficient at a time.
 /// `band` holds bits `ss..=se`. Most symbols (a run and a one-bit coefficient) come with their
 /// sign bit from one lookup in the fused table.
-fn ac_refine(
+#[inline(always)]
+fn ac_refine<const BMI2: bool>(
     reader: &mut BitReader,
     table: &DecodeTable,
     scan: &ScanHeader,
@@ -899,31 +990,78 @@ fn ac_refine(
             };
             // The run ends at the (run + 1)-th coefficient still zero from here on; the nonzero
             // ones passed on the way each take a correction bit.
-            let mut zeros = !block.mask & rest;
-            for _ in 0..run {
-                zeros &= zeros.wrapping_sub(1);
-            }
-            if zeros == 0 {
+            let target = nth_set::<BMI2>(!block.mask & rest, run);
+            if target == 0 {
                 if value != 0 {
                     return Err(coefficient_overflow());
                 }
-                refine_nonzero(reader, block, block.mask & rest, p1);
+                refine_nonzero::<BMI2>(reader, block, block.mask & rest, p1);
                 rest = 0;
                 break;
             }
-            let t = zeros.trailing_zeros() as usize;
-            let passed = (1u64 << t) - 1;
-            refine_nonzero(reader, block, block.mask & rest & passed, p1);
+            let t = target.trailing_zeros() as usize;
+            let passed = target - 1;
+            refine_nonzero::<BMI2>(reader, block, block.mask & rest & passed, p1);
             if value != 0 {
                 block.coef[t] = value;
                 block.mask |= 1 << t;
             }
-            rest &= !(passed | 1 << t);
+            rest &= !(passed | target);
         }
     }
     if *eob_run > 0 {
-        refine_nonzero(reader, block, block.mask & rest, p1);
+        refine_nonzero::<BMI2>(reader, block, block.mask & rest, p1);
         *eob_run -= 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The BMI2 twins (`pdep`) of the run search and of the correction-bit batch do what
+        /// the portable bit-by-bit code does, on any block, mask and bits.
+        #[test]
+        fn bmi2_refinement_equals_the_portable_code(
+            coef in proptest::collection::vec(-1023i16..=1023, 64),
+            nonzero in any::<u64>(),
+            zeros in any::<u64>(),
+            run in 0u32..16,
+            data in proptest::collection::vec(any::<u8>(), 16),
+            al in 0u8..4,
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            if has_bmi2() {
+                // SAFETY: the CPU reported BMI2.
+                unsafe { check_bmi2(&coef, nonzero, zeros, run, &data, al) }
+            } else {
+                eprintln!("note: this CPU has no BMI2; the BMI2 twins were not tested");
+            }
+            let _ = (&coef, nonzero, zeros, run, &data, al);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support BMI2 and POPCNT.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "bmi1,bmi2,popcnt")]
+    unsafe fn check_bmi2(coef: &[i16], nonzero: u64, zeros: u64, run: u32, data: &[u8], al: u8) {
+        assert_eq!(nth_set::<true>(zeros, run), nth_set::<false>(zeros, run));
+        let mut padded = data.to_vec();
+        padded.resize(data.len() + 8, 0);
+        let block = Block {
+            coef: coef.try_into().expect("64 coefficients"),
+            mask: nonzero,
+        };
+        let p1 = 1i16 << al;
+        let (mut portable, mut bmi2) = (block, block);
+        let (mut r1, mut r2) = (BitReader::new(&padded, 0), BitReader::new(&padded, 0));
+        refine_nonzero::<false>(&mut r1, &mut portable, nonzero, p1);
+        refine_nonzero::<true>(&mut r2, &mut bmi2, nonzero, p1);
+        assert_eq!(portable.coef, bmi2.coef);
+        assert_eq!(r1.consumed_bits(), r2.consumed_bits());
+    }
 }
