@@ -359,6 +359,7 @@ impl<'a> Decoder<'a> {
                 )
             })
             .collect();
+        let bmi2 = has_bmi2();
         let plan = mcu_plan(&sizes, luma_pos, stride);
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
@@ -374,9 +375,9 @@ impl<'a> Decoder<'a> {
                     match luma {
                         Some(offset) => {
                             let block = &mut band[first_column + offset];
-                            decode_block(&mut reader, dc, ac, &mut preds[c], block)?;
+                            decode_block(bmi2, &mut reader, dc, ac, &mut preds[c], block)?;
                         }
-                        None => skip_block(&mut reader, dc, ac)?,
+                        None => skip_block(bmi2, &mut reader, dc, ac)?,
                     }
                 }
             }
@@ -467,16 +468,16 @@ impl<'a> Decoder<'a> {
     fn progressive_ac_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
         #[cfg(target_arch = "x86_64")]
         if has_bmi2() {
-            // SAFETY: the CPU reported BMI2 and POPCNT.
+            // SAFETY: the CPU reported BMI2, POPCNT and LZCNT.
             return unsafe { self.ac_scan_bmi2(header, scan) };
         }
         self.ac_scan::<false>(header, scan)
     }
 
     /// # Safety
-    /// The CPU must support BMI2 and POPCNT.
+    /// The CPU must support BMI2, POPCNT and LZCNT.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "bmi1,bmi2,popcnt")]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
     #[inline(never)]
     unsafe fn ac_scan_bmi2(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
         self.ac_scan::<true>(header, scan)
@@ -656,12 +657,59 @@ fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
 
 /// Sequential: one luma block, into `block` (zeroed first).
 ///
-/// Kept out of line so that its loop owns the registers: inlined into the MCU loop, the table
+/// Both twins below are kept out of line so that the loop owns the registers: inlined into the MCU loop, the table
 /// pointer was reloaded from the stack for every coefficient. One branch-free refill serves two
 /// symbols, since a symbol takes at most 26 bits (16 of code, 10 of magnitude) and a refill
 /// leaves at least 56: a conditional refill per symbol mispredicted often enough to cost more.
-#[inline(never)]
+#[inline(always)]
 fn decode_block(
+    bmi2: bool,
+    reader: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if bmi2 {
+        // SAFETY: `bmi2` is what `has_bmi2` found.
+        return unsafe { decode_block_bmi2(reader, dc, ac, pred, block) };
+    }
+    let _ = bmi2;
+    decode_block_portable(reader, dc, ac, pred, block)
+}
+
+#[inline(never)]
+fn decode_block_portable(
+    outer: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
+    decode_block_body(outer, dc, ac, pred, block)
+}
+
+/// [`decode_block_body`] compiled for BMI2: its variable shifts (the bit reader's) are one
+/// instruction there instead of three.
+///
+/// # Safety
+/// The CPU must support BMI2, POPCNT and LZCNT.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+#[inline(never)]
+unsafe fn decode_block_bmi2(
+    outer: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
+    decode_block_body(outer, dc, ac, pred, block)
+}
+
+#[inline(always)]
+fn decode_block_body(
     outer: &mut BitReader,
     dc: &DecodeTable,
     ac: &DecodeTable,
@@ -726,8 +774,35 @@ fn decode_block(
 /// Sequential: walks over one block of another component, keeping nothing (out of line and
 /// refilling as [`decode_block`] does). Most steps take several symbols at once from the
 /// table's skip entries: a chroma block is typically a few small coefficients and its end.
+#[inline(always)]
+fn skip_block(bmi2: bool, reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if bmi2 {
+        // SAFETY: `bmi2` is what `has_bmi2` found.
+        return unsafe { skip_block_bmi2(reader, dc, ac) };
+    }
+    let _ = bmi2;
+    skip_block_portable(reader, dc, ac)
+}
+
 #[inline(never)]
-fn skip_block(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+fn skip_block_portable(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    skip_block_body(reader, dc, ac)
+}
+
+/// [`skip_block_body`] compiled for BMI2, as [`decode_block_bmi2`].
+///
+/// # Safety
+/// The CPU must support BMI2, POPCNT and LZCNT.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+#[inline(never)]
+unsafe fn skip_block_bmi2(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    skip_block_body(reader, dc, ac)
+}
+
+#[inline(always)]
+fn skip_block_body(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
     let mut bits = *outer;
     let reader = &mut bits;
     dc_diff(reader, dc)?;
@@ -924,10 +999,14 @@ fn deposit(bits: u64, mask: u64) -> u64 {
     unsafe { std::arch::x86_64::_pdep_u64(bits, mask) }
 }
 
-/// Whether the CPU has what [`Decoder::ac_scan_bmi2`] is compiled for.
-#[cfg(target_arch = "x86_64")]
-fn has_bmi2() -> bool {
-    std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("popcnt")
+/// Whether the CPU has what the `_bmi2` twins of the entropy coder are compiled for.
+pub(crate) fn has_bmi2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let found = std::arch::is_x86_feature_detected!("bmi2")
+        && std::arch::is_x86_feature_detected!("popcnt");
+    #[cfg(not(target_arch = "x86_64"))]
+    let found = false;
+    found
 }
 
 /// The lowest set bit of `set` after its first `n`, alone (0 when `set` has no more).
@@ -1045,9 +1124,9 @@ mod tests {
     }
 
     /// # Safety
-    /// The CPU must support BMI2 and POPCNT.
+    /// The CPU must support BMI2, POPCNT and LZCNT.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "bmi1,bmi2,popcnt")]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
     unsafe fn check_bmi2(coef: &[i16], nonzero: u64, zeros: u64, run: u32, data: &[u8], al: u8) {
         assert_eq!(nth_set::<true>(zeros, run), nth_set::<false>(zeros, run));
         let mut padded = data.to_vec();
