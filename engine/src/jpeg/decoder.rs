@@ -371,18 +371,8 @@ impl<'a> Decoder<'a> {
                 )
             })
             .collect();
-        // The MCU's blocks in coding order, flat: which scan component, and for luma where the
-        // block goes in the band (relative to the MCU's first column). One flat loop repeats
-        // the same branch pattern every MCU, which the predictor learns.
-        let plan: Vec<(usize, Option<usize>)> = sizes
-            .iter()
-            .enumerate()
-            .flat_map(|(c, &(h, v))| {
-                (0..v).flat_map(move |by| {
-                    (0..h).map(move |bx| (c, (c == luma_pos).then_some(by * stride + bx)))
-                })
-            })
-            .collect();
+        let bmi2 = has_bmi2();
+        let plan = mcu_plan(&sizes, luma_pos, stride);
         let mut reader = BitReader::new(&scan.bytes, 0);
         let mut preds = [0i32; 4];
         let mut restarts = Restarts::new(self.restart_interval);
@@ -398,9 +388,9 @@ impl<'a> Decoder<'a> {
                     match luma {
                         Some(offset) => {
                             let block = &mut band[first_column + offset];
-                            decode_block(&mut reader, dc, ac, &mut preds[c], block)?;
+                            decode_block(bmi2, &mut reader, dc, ac, &mut preds[c], block)?;
                         }
-                        None => skip_block(&mut reader, dc, ac)?,
+                        None => skip_block(bmi2, &mut reader, dc, ac)?,
                     }
                 }
             }
@@ -421,57 +411,146 @@ impl<'a> Decoder<'a> {
         self.check_tables(header, dc_scan && header.ah == 0, !dc_scan)?;
         if dc_scan {
             self.luma_seen = true;
+            self.progressive_dc_scan(header, scan)
+        } else {
+            self.progressive_ac_scan(header, scan)
         }
+    }
+
+    /// Progressive DC scan, first or refining: MCU by MCU through the flat block plan (one
+    /// branch pattern per MCU). A refinement takes the MCU's correction bits (one per block, ten
+    /// at most) in one read.
+    #[inline(never)]
+    fn progressive_dc_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
         let (mcus_x, mcus_y, sizes) = self.scan_geometry(header);
         let (stride, _) = self.frame.padded_luma_blocks();
-        let mut reader = BitReader::new(&scan.bytes, 0);
-        let mut preds = [0i32; 4];
-        let mut eob_run = 0u32;
-        let mut restarts = Restarts::new(self.restart_interval);
         let luma_pos = header
             .components
             .iter()
             .position(|&(i, _, _)| i == 0)
             .expect("scan has luma");
+        let (luma_h, luma_v) = sizes[luma_pos];
+        let plan = mcu_plan(&sizes, luma_pos, stride);
+        let tables: Vec<Option<&DecodeTable>> = header
+            .components
+            .iter()
+            .map(|&(_, dc, _)| self.dc[dc].as_ref())
+            .collect();
+        let (al, refine) = (header.al, header.ah != 0);
+        let mut reader = BitReader::new(&scan.bytes, 0);
+        let mut preds = [0i32; 4];
+        let mut restarts = Restarts::new(self.restart_interval);
         for mcu_y in 0..mcus_y {
             self.cancel.check()?;
             for mcu_x in 0..mcus_x {
                 if restarts.before_mcu(&mut reader, scan)? {
                     preds = [0; 4];
+                }
+                let first = mcu_y * luma_v * stride + mcu_x * luma_h;
+                for &(_, luma) in &plan {
+                    if let Some(offset) = luma {
+                        prefetch(&self.plane, first + PREFETCH_AHEAD * luma_h + offset);
+                    }
+                }
+                if refine {
+                    reader.ensure(plan.len() as u32);
+                    let mut bits = reader.take(plan.len() as u32) << (32 - plan.len());
+                    for &(_, luma) in &plan {
+                        if let (Some(offset), true) = (luma, bits & 0x8000_0000 != 0) {
+                            self.plane[first + offset].coef[0] |= 1 << al;
+                        }
+                        bits <<= 1;
+                    }
+                } else {
+                    for &(c, luma) in &plan {
+                        let table = tables[c].expect("checked");
+                        let block = luma.map(|offset| &mut self.plane[first + offset]);
+                        dc_first(&mut reader, table, &mut preds[c], al, block)?;
+                    }
+                }
+            }
+            if reader.overran(scan.interval_end(restarts.interval)) {
+                return Err(truncated());
+            }
+        }
+        Ok(())
+    }
+
+    /// Progressive AC scan, first or refining. It holds luma alone (AC scans have one
+    /// component), one block per MCU in raster order over the component's own blocks. An
+    /// end-of-band run is passed over in one step where it changes nothing (first scans), and
+    /// block by block only where it has correction bits to read (refinement).
+    ///
+    /// On x86-64 CPUs with BMI2 the whole loop is compiled a second time for them: `pdep`
+    /// finds where a run ends and which coefficients a batch of correction bits refines in one
+    /// instruction each, where the portable code walks bit by bit.
+    fn progressive_ac_scan(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if has_bmi2() {
+            // SAFETY: the CPU reported BMI2, POPCNT and LZCNT.
+            return unsafe { self.ac_scan_bmi2(header, scan) };
+        }
+        self.ac_scan::<false>(header, scan)
+    }
+
+    /// # Safety
+    /// The CPU must support BMI2, POPCNT and LZCNT.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+    #[inline(never)]
+    unsafe fn ac_scan_bmi2(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        self.ac_scan::<true>(header, scan)
+    }
+
+    /// The AC scan loop; `BMI2` only inside [`Self::ac_scan_bmi2`].
+    #[inline(always)]
+    fn ac_scan<const BMI2: bool>(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
+        let table = self.ac[header.components[0].2]
+            .as_ref()
+            .expect("checked");
+        let (blocks_w, blocks_h) = self.frame.component_blocks(0);
+        let (stride, _) = self.frame.padded_luma_blocks();
+        let mut reader = BitReader::new(&scan.bytes, 0);
+        let mut eob_run = 0u32;
+        let mut restarts = Restarts::new(self.restart_interval);
+        let refine = header.ah != 0;
+        let band = bit_range(header.ss, header.se + 1);
+        let cancel = self.cancel;
+        for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
+            cancel.check()?;
+            let row = &mut row[..blocks_w];
+            let mut x = 0;
+            while x < blocks_w {
+                if restarts.before_mcu(&mut reader, scan)? {
                     eob_run = 0;
                 }
-                for (c, &(h, v)) in sizes.iter().enumerate() {
-                    let (_, dc_id, ac_id) = header.components[c];
-                    for by in 0..v {
-                        for bx in 0..h {
-                            let block = (c == luma_pos).then(|| {
-                                let index = (mcu_y * v + by) * stride + mcu_x * h + bx;
-                                &mut self.plane[index]
-                            });
-                            match (dc_scan, header.ah) {
-                                (true, 0) => {
-                                    let table = self.dc[dc_id].as_ref().expect("checked");
-                                    dc_first(&mut reader, table, &mut preds[c], header.al, block)?;
-                                }
-                                (true, _) => {
-                                    if let (true, Some(block)) = (reader.bit(), block) {
-                                        block.coef[0] |= 1 << header.al;
-                                    }
-                                }
-                                (false, 0) => {
-                                    let table = self.ac[ac_id].as_ref().expect("checked");
-                                    let block = block.expect("AC scans hold only luma");
-                                    ac_first(&mut reader, table, header, &mut eob_run, block)?;
-                                }
-                                (false, _) => {
-                                    let table = self.ac[ac_id].as_ref().expect("checked");
-                                    let block = block.expect("AC scans hold only luma");
-                                    ac_refine(&mut reader, table, header, &mut eob_run, block)?;
-                                }
-                            }
+                prefetch(row, x + PREFETCH_AHEAD);
+                let block = &mut row[x];
+                x += 1;
+                if refine {
+                    ac_refine::<BMI2>(&mut reader, table, header, band, &mut eob_run, block)?;
+                } else {
+                    ac_first(&mut reader, table, header, &mut eob_run, block)?;
+                }
+                if eob_run == 0 {
+                    continue;
+                }
+                // The run goes on over the next blocks, as far as the row's end (the next row
+                // comes round this loop again) and never past a restart marker, which ends it.
+                let n = (eob_run as usize).min(blocks_w - x).min(restarts.left);
+                if refine {
+                    for i in x..x + n {
+                        prefetch(row, i + PREFETCH_AHEAD);
+                        let block = &mut row[i];
+                        let nonzero = block.mask & band;
+                        if nonzero != 0 {
+                            refine_nonzero::<BMI2>(&mut reader, block, nonzero, 1 << header.al);
                         }
                     }
                 }
+                restarts.left -= n;
+                eob_run -= n as u32;
+                x += n;
             }
             if reader.overran(scan.interval_end(restarts.interval)) {
                 return Err(truncated());
@@ -488,18 +567,64 @@ impl<'a> Decoder<'a> {
         for row in self.plane.chunks_exact_mut(stride).take(blocks_h) {
             self.cancel.check()?;
             let row = &mut row[..blocks_w];
-            for block in row.iter_mut() {
-                let dc_ok = i32::from(block.coef[0]).abs() <= MAX_DC;
-                if !dc_ok || block.coef[1..].iter().any(|&c| i32::from(c).abs() > MAX_AC) {
-                    return Err(invalid(
-                        "corrupt progressive data: a coefficient beyond the 8-bit range",
-                    ));
-                }
+            // Every magnitude ORed together stays under 1024 exactly when each does (the AC
+            // bound is all ones): a few vector instructions per block in the common case, and
+            // the exact test (the DC may reach 2047) only for a row where something is large.
+            let all = row.iter().fold(0u16, |all, block| {
+                block.coef.iter().fold(all, |all, &c| all | c.unsigned_abs())
+            });
+            if i32::from(all) > MAX_AC && row.iter().any(out_of_range) {
+                return Err(invalid(
+                    "corrupt progressive data: a coefficient beyond the 8-bit range",
+                ));
             }
             sink.row(row)?;
         }
         Ok(())
     }
+}
+
+/// How many blocks ahead of the one being decoded [`prefetch`] asks for.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks the CPU to bring `blocks[at]` (when it exists) into the cache. A progressive scan
+/// visits every block of a plane far larger than the cache, each for a few nanoseconds, and the
+/// first touch of a block (its nonzero mask) stalled the decoding of the symbols waiting on it.
+#[inline(always)]
+fn prefetch(blocks: &[Block], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(block) = blocks.get(at) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let first = (block as *const Block).cast::<i8>();
+        // A block spans three cache lines at most: its first byte, 64 on, and its last byte.
+        for offset in [0, 64, size_of::<Block>() - 1] {
+            // SAFETY: a prefetch is a hint that never faults; the address is inside `block`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (blocks, at);
+}
+
+/// An MCU's blocks in coding order, flat: which scan component, and for luma where the block
+/// goes relative to the MCU's first block in a plane `stride` blocks wide. One flat loop repeats
+/// the same branch pattern every MCU, which the predictor learns.
+fn mcu_plan(sizes: &[(usize, usize)], luma_pos: usize, stride: usize) -> Vec<(usize, Option<usize>)> {
+    sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &(h, v))| {
+            (0..v).flat_map(move |by| {
+                (0..h).map(move |bx| (c, (c == luma_pos).then_some(by * stride + bx)))
+            })
+        })
+        .collect()
+}
+
+/// Whether a block holds a coefficient no 8-bit JPEG can hold.
+fn out_of_range(block: &Block) -> bool {
+    i32::from(block.coef[0]).abs() > MAX_DC
+        || block.coef[1..].iter().any(|&c| i32::from(c).abs() > MAX_AC)
 }
 
 fn truncated() -> Error {
@@ -579,12 +704,59 @@ fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
 
 /// Sequential: one luma block, into `block` (zeroed first).
 ///
-/// Kept out of line so that its loop owns the registers: inlined into the MCU loop, the table
+/// Both twins below are kept out of line so that the loop owns the registers: inlined into the MCU loop, the table
 /// pointer was reloaded from the stack for every coefficient. One branch-free refill serves two
 /// symbols, since a symbol takes at most 26 bits (16 of code, 10 of magnitude) and a refill
 /// leaves at least 56: a conditional refill per symbol mispredicted often enough to cost more.
-#[inline(never)]
+#[inline(always)]
 fn decode_block(
+    bmi2: bool,
+    reader: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if bmi2 {
+        // SAFETY: `bmi2` is what `has_bmi2` found.
+        return unsafe { decode_block_bmi2(reader, dc, ac, pred, block) };
+    }
+    let _ = bmi2;
+    decode_block_portable(reader, dc, ac, pred, block)
+}
+
+#[inline(never)]
+fn decode_block_portable(
+    outer: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
+    decode_block_body(outer, dc, ac, pred, block)
+}
+
+/// [`decode_block_body`] compiled for BMI2: its variable shifts (the bit reader's) are one
+/// instruction there instead of three.
+///
+/// # Safety
+/// The CPU must support BMI2, POPCNT and LZCNT.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+#[inline(never)]
+unsafe fn decode_block_bmi2(
+    outer: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+    pred: &mut i32,
+    block: &mut Block,
+) -> Result<()> {
+    decode_block_body(outer, dc, ac, pred, block)
+}
+
+#[inline(always)]
+fn decode_block_body(
     outer: &mut BitReader,
     dc: &DecodeTable,
     ac: &DecodeTable,
@@ -649,8 +821,35 @@ fn decode_block(
 /// Sequential: walks over one block of another component, keeping nothing (out of line and
 /// refilling as [`decode_block`] does). Most steps take several symbols at once from the
 /// table's skip entries: a chroma block is typically a few small coefficients and its end.
+#[inline(always)]
+fn skip_block(bmi2: bool, reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if bmi2 {
+        // SAFETY: `bmi2` is what `has_bmi2` found.
+        return unsafe { skip_block_bmi2(reader, dc, ac) };
+    }
+    let _ = bmi2;
+    skip_block_portable(reader, dc, ac)
+}
+
 #[inline(never)]
-fn skip_block(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+fn skip_block_portable(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    skip_block_body(reader, dc, ac)
+}
+
+/// [`skip_block_body`] compiled for BMI2, as [`decode_block_bmi2`].
+///
+/// # Safety
+/// The CPU must support BMI2, POPCNT and LZCNT.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+#[inline(never)]
+unsafe fn skip_block_bmi2(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+    skip_block_body(reader, dc, ac)
+}
+
+#[inline(always)]
+fn skip_block_body(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
     let mut bits = *outer;
     let reader = &mut bits;
     dc_diff(reader, dc)?;
@@ -727,6 +926,7 @@ fn eob_run_length(reader: &mut BitReader, r: u32) -> u32 {
 }
 
 /// Progressive, first AC scan of a band (G.1.2.2).
+#[inline(always)]
 fn ac_first(
     reader: &mut BitReader,
     table: &DecodeTable,
@@ -783,87 +983,211 @@ fn ac_first(
 /// Bits `from..to` (to at most 64) set.
 #[inline(always)]
 fn bit_range(from: usize, to: usize) -> u64 {
-    if from >= to {
-        return 0;
-    }
-    (u64::MAX >> (64 - (to - from))) << from
+    from_bit(u64::MAX, from) & !from_bit(u64::MAX, to)
+}
+
+/// The bits of `set` from bit `from` up (none when `from` is 64).
+#[inline(always)]
+fn from_bit(set: u64, from: usize) -> u64 {
+    set & u64::MAX.checked_shl(from as u32).unwrap_or(0)
 }
 
 /// Reads one correction bit for each coefficient in `nonzero` (ascending), several bits per read,
-/// and adds `p1` to the magnitude where the bit says so (G.1.2.3).
+/// and adds `p1` to the magnitude where the bit says so and that bit of the coefficient is still
+/// clear (G.1.2.3). Branch-free: the correction bits are close to random, a branch on each one
+/// mispredicted every other time.
 #[inline(always)]
-fn refine_nonzero(reader: &mut BitReader, block: &mut Block, mut nonzero: u64, p1: i16) {
+fn refine_nonzero<const BMI2: bool>(
+    reader: &mut BitReader,
+    block: &mut Block,
+    mut nonzero: u64,
+    p1: i16,
+) {
     while nonzero != 0 {
         let n = nonzero.count_ones().min(32);
         reader.ensure(32);
-        let mut bits = reader.take(n) << (32 - n);
+        let taken = reader.take(n);
+        #[cfg(target_arch = "x86_64")]
+        if BMI2 {
+            // The bits are read first-coefficient-first from the top; `pdep` wants the first
+            // at the bottom. What it deposits is where a bit says refine.
+            let bits = u64::from(taken.reverse_bits() >> (32 - n));
+            let (batch, mut refined) = (deposit(u64::from(u32::MAX >> (32 - n)), nonzero), deposit(bits, nonzero));
+            nonzero &= !batch;
+            while refined != 0 {
+                let k = refined.trailing_zeros() as usize;
+                refined &= refined - 1;
+                let c = block.coef[k];
+                let sign = c >> 15;
+                block.coef[k] = c.wrapping_add(((p1 & !c) ^ sign) - sign);
+            }
+            continue;
+        }
+        let mut bits = taken << (32 - n);
         for _ in 0..n {
             let k = nonzero.trailing_zeros() as usize;
             nonzero &= nonzero - 1;
-            let c = &mut block.coef[k];
-            if bits & 0x8000_0000 != 0 && *c & p1 == 0 {
-                *c += if *c >= 0 { p1 } else { -p1 };
-            }
+            let c = block.coef[k];
+            let add = (p1 & !c) * (bits >> 31) as i16;
+            let sign = c >> 15;
+            block.coef[k] = c.wrapping_add((add ^ sign) - sign);
             bits <<= 1;
         }
     }
 }
 
+/// The low bits of `bits` spread, lowest first, over the set bits of `mask` (`pdep`).
+///
+/// Only ever called inside functions compiled for BMI2, reached after [`has_bmi2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn deposit(bits: u64, mask: u64) -> u64 {
+    // SAFETY: see above; every caller is instantiated with BMI2 only under `ac_scan_bmi2`.
+    unsafe { std::arch::x86_64::_pdep_u64(bits, mask) }
+}
+
+/// Whether the CPU has what the `_bmi2` twins of the entropy coder are compiled for.
+pub(crate) fn has_bmi2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let found = std::arch::is_x86_feature_detected!("bmi2")
+        && std::arch::is_x86_feature_detected!("popcnt");
+    #[cfg(not(target_arch = "x86_64"))]
+    let found = false;
+    found
+}
+
+/// The lowest set bit of `set` after its first `n`, alone (0 when `set` has no more).
+#[inline(always)]
+fn nth_set<const BMI2: bool>(set: u64, n: u32) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if BMI2 {
+        return deposit(1 << n, set);
+    }
+    let mut set = set;
+    for _ in 0..n {
+        set &= set.wrapping_sub(1);
+    }
+    set & set.wrapping_neg()
+}
+
 /// Progressive, refining AC scan of a band (G.1.2.3; libjpeg's `decode_mcu_AC_refine`). The
 /// block's nonzero mask finds each run's end in one step and batches the correction bits of the
 /// coefficients passed on the way, instead of walking the band one coefficient at a time.
-fn ac_refine(
+/// `band` holds bits `ss..=se`. Most symbols (a run and a one-bit coefficient) come with their
+/// sign bit from one lookup in the fused table.
+#[inline(always)]
+fn ac_refine<const BMI2: bool>(
     reader: &mut BitReader,
     table: &DecodeTable,
     scan: &ScanHeader,
+    band: u64,
     eob_run: &mut u32,
     block: &mut Block,
 ) -> Result<()> {
     let p1 = 1i16 << scan.al;
-    let mut k = scan.ss;
+    // The band's positions not passed yet.
+    let mut rest = band;
     if *eob_run == 0 {
-        while k <= scan.se {
+        while rest != 0 {
             reader.ensure(32);
-            let (symbol, len) = table.decode(reader.peek())?;
-            reader.consume(len);
-            let (run, size) = (symbol >> 4, symbol & 15);
-            let mut value = 0i16;
-            if size != 0 {
-                if size != 1 {
-                    return Err(invalid(format!(
-                        "corrupt progressive refinement: a coefficient of {size} bits, expected 1"
-                    )));
+            let bits = reader.peek();
+            let fused = table.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+            let sign = (fused >> 16) as u16 as i16;
+            let (run, value) = if fused != 0 && sign.unsigned_abs() == 1 {
+                reader.consume(fused & 0xFF);
+                ((fused >> 8) & 15, sign * p1)
+            } else {
+                let (symbol, len) = table.decode(bits)?;
+                reader.consume(len);
+                let (run, size) = (u32::from(symbol >> 4), symbol & 15);
+                let mut value = 0i16;
+                if size != 0 {
+                    if size != 1 {
+                        return Err(invalid(format!(
+                            "corrupt progressive refinement: a coefficient of {size} bits, expected 1"
+                        )));
+                    }
+                    value = if reader.bit() { p1 } else { -p1 };
+                } else if run != 15 {
+                    *eob_run = eob_run_length(reader, run);
+                    break;
                 }
-                value = if reader.bit() { p1 } else { -p1 };
-            } else if run != 15 {
-                *eob_run = eob_run_length(reader, u32::from(run));
+                (run, value)
+            };
+            // The run ends at the (run + 1)-th coefficient still zero from here on; the nonzero
+            // ones passed on the way each take a correction bit.
+            let target = nth_set::<BMI2>(!block.mask & rest, run);
+            if target == 0 {
+                if value != 0 {
+                    return Err(coefficient_overflow());
+                }
+                refine_nonzero::<BMI2>(reader, block, block.mask & rest, p1);
+                rest = 0;
                 break;
             }
-            // The run ends at the (run + 1)-th coefficient still zero, from k on; the nonzero
-            // ones passed on the way each take a correction bit.
-            let mut zeros = !block.mask & bit_range(k, scan.se + 1);
-            for _ in 0..run {
-                zeros &= zeros.wrapping_sub(1);
+            let t = target.trailing_zeros() as usize;
+            let passed = target - 1;
+            refine_nonzero::<BMI2>(reader, block, block.mask & rest & passed, p1);
+            if value != 0 {
+                block.coef[t] = value;
+                block.mask |= 1 << t;
             }
-            let target = (zeros != 0).then(|| zeros.trailing_zeros() as usize);
-            let end = target.unwrap_or(scan.se + 1);
-            refine_nonzero(reader, block, block.mask & bit_range(k, end), p1);
-            match target {
-                Some(t) => {
-                    if value != 0 {
-                        block.coef[t] = value;
-                        block.mask |= 1 << t;
-                    }
-                    k = t + 1;
-                }
-                None if value != 0 => return Err(coefficient_overflow()),
-                None => k = scan.se + 1,
-            }
+            rest &= !(passed | target);
         }
     }
     if *eob_run > 0 {
-        refine_nonzero(reader, block, block.mask & bit_range(k, scan.se + 1), p1);
+        refine_nonzero::<BMI2>(reader, block, block.mask & rest, p1);
         *eob_run -= 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The BMI2 twins (`pdep`) of the run search and of the correction-bit batch do what
+        /// the portable bit-by-bit code does, on any block, mask and bits.
+        #[test]
+        fn bmi2_refinement_equals_the_portable_code(
+            coef in proptest::collection::vec(-1023i16..=1023, 64),
+            nonzero in any::<u64>(),
+            zeros in any::<u64>(),
+            run in 0u32..16,
+            data in proptest::collection::vec(any::<u8>(), 16),
+            al in 0u8..4,
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            if has_bmi2() {
+                // SAFETY: the CPU reported BMI2.
+                unsafe { check_bmi2(&coef, nonzero, zeros, run, &data, al) }
+            } else {
+                eprintln!("note: this CPU has no BMI2; the BMI2 twins were not tested");
+            }
+            let _ = (&coef, nonzero, zeros, run, &data, al);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support BMI2, POPCNT and LZCNT.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+    unsafe fn check_bmi2(coef: &[i16], nonzero: u64, zeros: u64, run: u32, data: &[u8], al: u8) {
+        assert_eq!(nth_set::<true>(zeros, run), nth_set::<false>(zeros, run));
+        let mut padded = data.to_vec();
+        padded.resize(data.len() + 8, 0);
+        let block = Block {
+            coef: coef.try_into().expect("64 coefficients"),
+            mask: nonzero,
+        };
+        let p1 = 1i16 << al;
+        let (mut portable, mut bmi2) = (block, block);
+        let (mut r1, mut r2) = (BitReader::new(&padded, 0), BitReader::new(&padded, 0));
+        refine_nonzero::<false>(&mut r1, &mut portable, nonzero, p1);
+        refine_nonzero::<true>(&mut r2, &mut bmi2, nonzero, p1);
+        assert_eq!(portable.coef, bmi2.coef);
+        assert_eq!(r1.consumed_bits(), r2.consumed_bits());
+    }
 }
