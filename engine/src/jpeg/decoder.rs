@@ -505,9 +505,7 @@ impl<'a> Decoder<'a> {
     /// The AC scan loop; `BMI2` only inside [`Self::ac_scan_bmi2`].
     #[inline(always)]
     fn ac_scan<const BMI2: bool>(&mut self, header: &ScanHeader, scan: &ScanData) -> Result<()> {
-        let table = self.ac[header.components[0].2]
-            .as_ref()
-            .expect("checked");
+        let table = self.ac[header.components[0].2].as_ref().expect("checked");
         let (blocks_w, blocks_h) = self.frame.component_blocks(0);
         let (stride, _) = self.frame.padded_luma_blocks();
         let mut reader = BitReader::new(&scan.bytes, 0);
@@ -571,7 +569,10 @@ impl<'a> Decoder<'a> {
             // bound is all ones): a few vector instructions per block in the common case, and
             // the exact test (the DC may reach 2047) only for a row where something is large.
             let all = row.iter().fold(0u16, |all, block| {
-                block.coef.iter().fold(all, |all, &c| all | c.unsigned_abs())
+                block
+                    .coef
+                    .iter()
+                    .fold(all, |all, &c| all | c.unsigned_abs())
             });
             if i32::from(all) > MAX_AC && row.iter().any(out_of_range) {
                 return Err(invalid(
@@ -609,7 +610,11 @@ fn prefetch(blocks: &[Block], at: usize) {
 /// An MCU's blocks in coding order, flat: which scan component, and for luma where the block
 /// goes relative to the MCU's first block in a plane `stride` blocks wide. One flat loop repeats
 /// the same branch pattern every MCU, which the predictor learns.
-fn mcu_plan(sizes: &[(usize, usize)], luma_pos: usize, stride: usize) -> Vec<(usize, Option<usize>)> {
+fn mcu_plan(
+    sizes: &[(usize, usize)],
+    luma_pos: usize,
+    stride: usize,
+) -> Vec<(usize, Option<usize>)> {
     sizes
         .iter()
         .enumerate()
@@ -822,7 +827,12 @@ fn decode_block_body(
 /// refilling as [`decode_block`] does). Most steps take several symbols at once from the
 /// table's skip entries: a chroma block is typically a few small coefficients and its end.
 #[inline(always)]
-fn skip_block(bmi2: bool, reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+fn skip_block(
+    bmi2: bool,
+    reader: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if bmi2 {
         // SAFETY: `bmi2` is what `has_bmi2` found.
@@ -844,7 +854,11 @@ fn skip_block_portable(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTabl
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
 #[inline(never)]
-unsafe fn skip_block_bmi2(reader: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) -> Result<()> {
+unsafe fn skip_block_bmi2(
+    reader: &mut BitReader,
+    dc: &DecodeTable,
+    ac: &DecodeTable,
+) -> Result<()> {
     skip_block_body(reader, dc, ac)
 }
 
@@ -1012,7 +1026,10 @@ fn refine_nonzero<const BMI2: bool>(
             // The bits are read first-coefficient-first from the top; `pdep` wants the first
             // at the bottom. What it deposits is where a bit says refine.
             let bits = u64::from(taken.reverse_bits() >> (32 - n));
-            let (batch, mut refined) = (deposit(u64::from(u32::MAX >> (32 - n)), nonzero), deposit(bits, nonzero));
+            let (batch, mut refined) = (
+                deposit(u64::from(u32::MAX >> (32 - n)), nonzero),
+                deposit(bits, nonzero),
+            );
             nonzero &= !batch;
             while refined != 0 {
                 let k = refined.trailing_zeros() as usize;

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::decoder::{Block, LumaSink};
 #[cfg(target_arch = "x86_64")]
 use super::decoder::has_bmi2;
+use super::decoder::{Block, LumaSink};
 use super::encoder::{GrayJpegWriter, Requantizer, output_table};
 use super::fdct::{Quantizer, fdct_block};
 use super::idct::idct_block;
