@@ -2,64 +2,14 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use cloudimg_engine::{
     Cancel, Error, ErrorKind, Options, OutputFormat, PathChoice, convert, convert_cancellable,
 };
+use support::counting::{Counting, live, peak_during};
 use support::fixtures::{self, JpegSpec};
-
-/// Counts the heap this thread allocated less what it freed (negative where it frees what
-/// another thread allocated), and the peak of that.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-    static PEAK: Cell<i64> = const { Cell::new(0) };
-}
-
-fn grew(bytes: usize) {
-    let _ = LIVE.try_with(|live| {
-        live.set(live.get() + bytes as i64);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-    });
-}
-
-fn shrank(bytes: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() - bytes as i64));
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the bookkeeping touches only
-// const-initialised thread-local cells, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        grew(new_size);
-        shrank(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -74,7 +24,7 @@ fn big_progressive() -> Vec<u8> {
     })
 }
 
-const PLANE: i64 = 375 * 250 * 136;
+const PLANE: u64 = 375 * 250 * 136;
 
 #[test]
 fn a_set_flag_stops_every_path_before_it_starts() {
@@ -116,7 +66,7 @@ struct Attempt {
     /// Heap live after it returned, above what was live before it began.
     left: i64,
     /// The most heap it held above that.
-    peak: i64,
+    peak: u64,
     /// From the flag being set (sent over the channel) to the conversion returning.
     returned: Instant,
 }
@@ -136,15 +86,15 @@ fn a_flag_set_from_another_thread_stops_a_big_progressive_conversion_and_frees_i
     let worker = std::thread::spawn(move || {
         for cancel in jobs {
             started_tx.send(()).unwrap();
-            let base = LIVE.with(Cell::get);
-            PEAK.with(|p| p.set(base));
-            let result = convert_cancellable(&data, &options, &cancel).map(drop);
+            let base = live();
+            let (result, peak) =
+                peak_during(|| convert_cancellable(&data, &options, &cancel).map(drop));
             let returned = Instant::now();
             done_tx
                 .send(Attempt {
                     result,
-                    left: LIVE.with(Cell::get) - base,
-                    peak: PEAK.with(Cell::get) - base,
+                    left: live() - base,
+                    peak,
                     returned,
                 })
                 .unwrap();

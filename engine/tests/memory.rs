@@ -4,76 +4,12 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use cloudimg_engine::{Options, OutputFormat, PathChoice, convert, estimate};
+use support::counting::{Counting, peak_during};
 use support::fixtures::{self, JpegSpec};
-
-/// Counts this thread's live heap bytes and their peak. The conversions run on the test's own
-/// thread (the engine's `convert` never spawns), and each test thread counts only its own.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<u64> = const { Cell::new(0) };
-    static PEAK: Cell<u64> = const { Cell::new(0) };
-}
-
-fn grew(bytes: usize) {
-    let _ = LIVE.try_with(|live| {
-        live.set(live.get() + bytes as u64);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-    });
-}
-
-fn shrank(bytes: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(bytes as u64)));
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the bookkeeping touches only
-// const-initialised thread-local cells, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Counted as the change in size: the allocator moves a large block by remapping its
-        // pages, never holding both copies.
-        if new_size >= layout.size() {
-            grew(new_size - layout.size());
-        } else {
-            shrank(layout.size() - new_size);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result with the peak of this thread's heap above where it started.
-fn peak_during<T>(f: impl FnOnce() -> T) -> (T, u64) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let out = f();
-    (out, PEAK.with(Cell::get) - base)
-}
 
 const MIB: u64 = 1 << 20;
 

@@ -1,71 +1,14 @@
 //! Compressed ancillary PNG chunks (iCCP, zTXt) are inflated only so far: a 1x1 image carrying
 //! a zlib bomb there is refused with little memory, where zune-png alone inflated it to gigabytes.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod support;
 
 use cloudimg_engine::{Error, LimitKind, Limits, Options, OutputFormat, convert, probe};
 use cloudimg_hostile::{compressed_body, gray_pixel_png, png_with_chunk, zeros_zlib};
-
-/// Counts this thread's live heap bytes and their peak (tests run on threads of their own).
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<usize> = const { Cell::new(0) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn grew(bytes: usize) {
-    let _ = LIVE.try_with(|live| {
-        live.set(live.get() + bytes);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-    });
-}
-
-fn shrank(bytes: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(bytes)));
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the bookkeeping touches only
-// const-initialised thread-local cells, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Counted as both blocks alive at once, the worst a realloc can do.
-        grew(new_size);
-        shrank(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use support::counting::{Counting, peak_during};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result with the peak of this thread's heap above where it started.
-fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let out = f();
-    (out, PEAK.with(Cell::get) - base)
-}
 
 fn refused(result: Result<impl std::fmt::Debug, Error>) -> (u64, u64) {
     match result {
@@ -78,7 +21,7 @@ fn refused(result: Result<impl std::fmt::Debug, Error>) -> (u64, u64) {
     }
 }
 
-const PEAK_MAX: usize = 64 << 20;
+const PEAK_MAX: u64 = 64 << 20;
 
 #[test]
 fn a_two_gigabyte_ztxt_or_iccp_is_refused_in_little_memory() {

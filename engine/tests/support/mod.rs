@@ -2,6 +2,7 @@
 //! image comparisons.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod counting;
 pub mod fixtures;
 pub mod libjpeg;
 

@@ -6,7 +6,7 @@
 //! reports the size and no metadata (S3 is the store that carries metadata).
 //!
 //! Opening the store sweeps what a killed process can leave behind: temporary files older than
-//! [`TEMP_MAX_AGE`] and staged uploads older than [`STAGING_MAX_AGE`] (the S3 bucket's lifecycle
+//! `TEMP_MAX_AGE` and staged uploads older than `STAGING_MAX_AGE` (the S3 bucket's lifecycle
 //! rule does the same there).
 
 use std::path::{Path, PathBuf};
@@ -47,8 +47,8 @@ impl LocalStore {
         Ok(store)
     }
 
-    /// Removes temporary files older than [`TEMP_MAX_AGE`] (in the root and the key prefixes'
-    /// folders) and staged uploads older than [`STAGING_MAX_AGE`], as of `now`; returns how many.
+    /// Removes temporary files older than `TEMP_MAX_AGE` (in the root and the key prefixes'
+    /// folders) and staged uploads older than `STAGING_MAX_AGE`, as of `now`; returns how many.
     pub async fn sweep(&self, now: SystemTime) -> usize {
         let mut removed = 0;
         let staging = self
