@@ -2,11 +2,9 @@
 //! drip are ended by their deadlines (DEADLINE_EXCEEDED, stream closed), a connection opens at
 //! most `CLOUDIMG_MAX_STREAMS` streams at once, and good uploads keep landing meanwhile.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use cloudimg_test_support::producer::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 

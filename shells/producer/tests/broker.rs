@@ -5,11 +5,9 @@
 //! UNAVAILABLE after `CLOUDIMG_CONFIRM_TIMEOUT`, and the staged upload of that job, which the
 //! broker does hold, is kept.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use cloudimg_test_support::producer::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 

@@ -3,11 +3,9 @@
 //! an upload that stalls cannot hold the drain past `CLOUDIMG_DRAIN_SECONDS`, and is never
 //! answered OK.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use cloudimg_test_support::producer::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// An upload of a small photo with only its first `head` bytes sent; the sender sends the rest.

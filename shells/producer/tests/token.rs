@@ -1,11 +1,9 @@
 //! The real `cloudimg-producer` binary refuses to start with a bearer token it would receive in
 //! clear: a token, no TLS certificate, and no `CLOUDIMG_TLS_TERMINATED=true`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use cloudimg_test_support::producer::*;
 
 #[test]
 fn a_token_over_plain_grpc_is_refused_at_startup_unless_tls_ends_in_front() {

@@ -15,6 +15,7 @@ use cloudimg_runtime::proto::{
     upload_request,
 };
 use cloudimg_runtime::settings::{BrokerSettings, StoreSettings};
+use cloudimg_test_support::{amqp_url, broker, unique_queue};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -23,41 +24,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn skip(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required test environment missing under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| AMQP.into())
-}
-
-async fn broker() -> Option<lapin::Connection> {
-    match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            skip(&format!("no RabbitMQ at {}: {e}", amqp_url()));
-            None
-        }
-    }
-}
-
-fn unique_queue(what: &str) -> String {
-    let prefix = std::env::var("CLOUDIMG_TEST_QUEUE")
-        .unwrap_or_else(|_| format!("cloudimg-test-{}", std::process::id()));
-    format!(
-        "{prefix}-{what}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
 
 /// Deletes `queue` and its dead-letter queue.
 async fn delete_queues(channel: &lapin::Channel, queue: &str) {

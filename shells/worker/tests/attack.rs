@@ -5,14 +5,12 @@
 //! producer's idle deadline, no bomb produces a result, and both processes' peak memory stays
 //! under the figures in docs/hostile.md.
 
-mod support;
-
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use cloudimg_runtime::proto::image_service_client::ImageServiceClient;
 use cloudimg_runtime::proto::{UploadMetadata, UploadRequest, upload_request};
-use support::*;
+use cloudimg_test_support::*;
 use tonic::Code;
 
 const BUDGET: &str = "512MiB";

@@ -11,15 +11,13 @@
 //! `close_all_connections` drops every connection on the broker, so the tests in this file take
 //! turns.
 
-mod support;
-
 use std::ffi::OsString;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cloudimg_test_support::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

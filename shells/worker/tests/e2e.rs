@@ -2,13 +2,11 @@
 //! RabbitMQ and the S3 endpoint `scripts/test.sh` starts (moto), fed by the real `cloudimg send`.
 //! Every object that lands in the bucket is checked.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use support::*;
+use cloudimg_test_support::*;
 
 /// The real producer (staging uploads over `stage_over` bytes) and one worker, on `queue` and
 /// `bucket`; returns them and the producer's address.

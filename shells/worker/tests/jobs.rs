@@ -2,8 +2,6 @@
 //! result and an ack; poison goes to `<queue>.dead` with its headers and a failure marker; a
 //! staged upload is fetched and deleted once the result exists; shutdown drains.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,11 +11,11 @@ use cloudimg_runtime::amqp::header_str;
 use cloudimg_runtime::jobs::{FailureMarker, JobId};
 use cloudimg_runtime::proto::{ConvertOptions, ImageJob, StagedObject, image_job};
 use cloudimg_runtime::settings::{BrokerSettings, QueueType, StoreSettings};
+use cloudimg_test_support::*;
 use cloudimg_worker::Config;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 use prost::Message;
-use support::*;
 use tokio_util::sync::CancellationToken;
 
 struct Worker {

@@ -3,12 +3,10 @@
 //! uploads by outcome, bytes, staging, stage latency histograms, queue lag, jobs by outcome, error
 //! kinds, the broker link. The producer's JSON log names each accepted job.
 
-mod support;
-
 use std::ffi::OsString;
 use std::time::Duration;
 
-use support::*;
+use cloudimg_test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoints_count_a_mixed_run_by_outcome_stage_and_kind() {

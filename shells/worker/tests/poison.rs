@@ -11,16 +11,14 @@
 //! Good images sent between them all land, no process exits, `cloudimg send --wait` reports the
 //! right status for every file, and the metrics count the same outcomes.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use cloudimg_runtime::amqp::header_str;
 use cloudimg_runtime::jobs::FailureMarker;
+use cloudimg_test_support::*;
 use lapin::options::BasicGetOptions;
-use support::*;
 
 /// Where one file ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -2,11 +2,9 @@
 //! TCP proxy between them and RabbitMQ is cut; the shared broker is never touched). Both must
 //! reconnect by themselves, and a job sent after the cut must still end as a result.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use cloudimg_test_support::*;
 
 /// `cloudimg send --json --wait` of one image; its one JSON line.
 async fn send_and_wait(address: &str, image: &std::path::Path) -> serde_json::Value {

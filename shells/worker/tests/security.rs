@@ -9,14 +9,12 @@
 //!   given as `CLOUDIMG_AMQP_CA`; a plain AMQP client cannot talk to that port, and a client that
 //!   does not trust the CA is refused.
 
-mod support;
-
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cloudimg_runtime::settings::BrokerSettings;
-use support::*;
+use cloudimg_test_support::*;
 
 fn rabbitmqctl(args: &[&str]) -> bool {
     Command::new("rabbitmqctl")

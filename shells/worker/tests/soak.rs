@@ -6,12 +6,10 @@
 //! documented bound and must not depend on the queue's length (the prefetch bounds what it holds),
 //! and every image must land.
 
-mod support;
-
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use support::*;
+use cloudimg_test_support::*;
 
 /// The documented bound (README, "Operations"): one worker at concurrency 2, photos to 24 MP.
 const RSS_BOUND_MIB: u64 = 256;
@@ -19,7 +17,7 @@ const RSS_BOUND_MIB: u64 = 256;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_images_drain_with_worker_memory_bounded_and_flat() {
     if std::env::var("CLOUDIMG_LONG").as_deref() != Ok("1") {
-        eprintln!("SKIPPED: a long run; set CLOUDIMG_LONG=1 to run it");
+        record_skip("a long run; set CLOUDIMG_LONG=1 to run it");
         return;
     }
     let Some(endpoint) = s3_endpoint() else {

@@ -4,12 +4,10 @@
 //! and everything lands once the store is back. `cloudimg send --wait` rides it out too (its
 //! `GetJob` polls get UNAVAILABLE meanwhile and keep polling).
 
-mod support;
-
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use support::*;
+use cloudimg_test_support::*;
 
 const OUTAGE: Duration = Duration::from_secs(5);
 

@@ -7,15 +7,13 @@
 //! * a store that denies the worker itself pauses it (`cloudimg_worker_ready` 0, jobs back in the
 //!   queue, nothing dead-lettered) until access returns, then everything lands.
 
-mod support;
-
 use std::time::Duration;
 
 use cloudimg_runtime::amqp::header_str;
 use cloudimg_runtime::jobs::{FailureMarker, percent_decode};
 use cloudimg_runtime::proto::{GetJobRequest, JobState};
+use cloudimg_test_support::*;
 use lapin::options::BasicGetOptions;
-use support::*;
 
 struct Rig {
     bucket: Bucket,

@@ -8,13 +8,11 @@
 //! * **SIGTERM**: the worker stops consuming, finishes and acks what it holds, and exits 0 within
 //!   a bounded time; every job is then either written or still queued, never both, never neither.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use support::*;
+use cloudimg_test_support::*;
 
 const IMAGES: usize = 40;
 

@@ -1,7 +1,10 @@
-//! What the worker's integration and end-to-end tests share: finding the services the test script
-//! started (or skipping, except under `CI=true`), unique queues and buckets that are deleted
-//! afterwards, the corpus, and fixture images made in the test.
-#![allow(dead_code)]
+//! What the shells' integration and end-to-end tests share: finding the services the test script
+//! started (or skipping, loudly, and never under `CI=true`), the real binaries as processes, unique
+//! queues and buckets that are deleted afterwards, the corpus, fixture images made in the test, and
+//! the proxies a test owns (TCP in front of RabbitMQ or S3, an S3 gate). [`producer`] adds what the
+//! producer's own tests need (the binary with an exact environment, raw uploads, AMQP frames).
+
+pub mod producer;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,13 +17,33 @@ use lapin::types::FieldTable;
 
 pub const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Skips the test (returns `None`) with a printed reason, or fails it under `CI=true`.
+/// Skips the test (returns `None`): fails it under `CI=true`, where every service must be there;
+/// elsewhere prints and logs the reason ([`record_skip`]).
 pub fn skip<T>(reason: &str) -> Option<T> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("required test environment missing under CI=true: {reason}");
     }
-    eprintln!("SKIPPED: {reason}");
+    record_skip(reason);
     None
+}
+
+/// Prints `SKIPPED: <test>: <reason>` and appends it to the file `CLOUDIMG_SKIP_LOG` names
+/// (`scripts/test.sh` counts those lines at the end: cargo hides a passing test's output), without
+/// the CI rule: for tests a run opts into, such as the long soak.
+pub fn record_skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED: {test}: {reason}");
+    if let Some(log) = std::env::var_os("CLOUDIMG_SKIP_LOG") {
+        // One short write with O_APPEND: lines from parallel tests never interleave.
+        let line = format!("{test}: {reason}\n");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("cannot append to CLOUDIMG_SKIP_LOG: {e}"));
+    }
 }
 
 pub fn amqp_url() -> String {
@@ -167,11 +190,16 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// A binary of this workspace, next to this crate's own (cargo builds every member's binaries
-/// before it runs a workspace's tests).
+/// A binary of this workspace: in the profile's folder, the parent of the `deps/` folder the
+/// running test executable is in (cargo builds every member's binaries before a workspace's tests;
+/// `scripts/test.sh` builds them first).
 pub fn binary(name: &str) -> PathBuf {
-    let own = PathBuf::from(env!("CARGO_BIN_EXE_cloudimg-worker"));
-    let path = own.with_file_name(name);
+    let test = std::env::current_exe().expect("the test executable's path");
+    let profile = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from <target>/<profile>/deps");
+    let path = profile.join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
@@ -778,8 +806,7 @@ pub enum ProxyMode {
 /// points elsewhere: fault tests cut the proxy, never the shared broker.
 pub async fn broker_proxy() -> Option<Proxy> {
     if amqp_url() != DEFAULT_AMQP {
-        eprintln!("SKIPPED: the proxy forwards to 127.0.0.1:5672 only, AMQP_URL points elsewhere");
-        return None;
+        return skip("the proxy forwards to 127.0.0.1:5672 only, AMQP_URL points elsewhere");
     }
     Some(Proxy::start("127.0.0.1:5672").await)
 }

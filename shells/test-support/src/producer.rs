@@ -1,7 +1,6 @@
 //! What the tests of the real `cloudimg-producer` binary share: starting it with exactly the
 //! settings a test gives, gRPC uploads held open or fed slowly, JPEG fixtures, and a TCP proxy
 //! between the producer and RabbitMQ that the test controls at the AMQP frame level.
-#![allow(dead_code)] // each test file uses its own part
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,38 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-pub const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_AMQP.into())
-}
-
-/// Prints why a test does not run, or fails it under CI, where every service must be there.
-pub fn skip<T>(reason: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required test environment missing under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
-}
-
-pub async fn broker() -> Option<lapin::Connection> {
-    match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
-        Ok(c) => Some(c),
-        Err(e) => skip(&format!("no RabbitMQ at {}: {e}", amqp_url())),
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::{DEFAULT_AMQP, amqp_url, broker, free_port, skip};
 
 pub fn unique_name(what: &str) -> String {
     let prefix = std::env::var("CLOUDIMG_TEST_QUEUE")
@@ -63,7 +31,7 @@ pub fn unique_name(what: &str) -> String {
 /// The binary with an empty environment plus `env`: nothing from the developer's shell (limits,
 /// a token, a bucket) changes what a test measures.
 pub fn producer_command(env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cloudimg-producer"));
+    let mut command = Command::new(crate::binary("cloudimg-producer"));
     command.env_clear().stdin(Stdio::null());
     for (k, v) in env {
         command.env(k, v);
