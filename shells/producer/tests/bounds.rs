@@ -118,14 +118,15 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
     let Some(connection) = broker().await else {
         return;
     };
-    // 16 MiB for four uploads' buffers and 1 KiB for their metadata, which counts too.
-    const BUDGET: u64 = (16 << 20) + 1024;
+    // 16 MiB for four uploads' buffers and their metadata, which counts too (a budget counts in
+    // whole KiB: each metadata reservation is one); far less than the fifth upload's first 64 KiB.
+    const BUDGET: u64 = (16 << 20) + (16 << 10);
     let metrics = free_port();
     let producer = Producer::start(
         "budget",
         &amqp_url(),
         &[
-            ("CLOUDIMG_MEMORY_BUDGET", "16778240"),
+            ("CLOUDIMG_MEMORY_BUDGET", &BUDGET.to_string()),
             ("CLOUDIMG_METRICS_LISTEN", &format!("127.0.0.1:{metrics}")),
         ],
     );
