@@ -15,6 +15,7 @@ use cloudimg_runtime::proto::{
     upload_request,
 };
 use cloudimg_runtime::settings::{BrokerSettings, StoreSettings};
+use cloudimg_test_support::producer::padded_jpeg;
 use cloudimg_test_support::{amqp_url, broker, unique_queue};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use prost::Message;
@@ -536,26 +537,6 @@ async fn decompression_bombs_are_refused_from_the_header_of_either_format() {
         drop(tx);
     }
     p.stop().await;
-}
-
-/// `base` (a JPEG) grown to exactly `total` bytes with comment segments after SOI: still a valid
-/// JPEG, as large as a test needs, made in microseconds.
-fn padded_jpeg(base: &[u8], total: usize) -> Vec<u8> {
-    let mut remaining = total - base.len();
-    let segments = remaining.div_ceil(65_537);
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&base[..2]);
-    for i in 0..segments {
-        let size = remaining / (segments - i);
-        remaining -= size;
-        let length = (size - 2) as u16;
-        out.extend([0xFF, 0xFE]);
-        out.extend(length.to_be_bytes());
-        out.resize(out.len() + size - 4, b'c');
-    }
-    out.extend_from_slice(&base[2..]);
-    assert_eq!(out.len(), total);
-    out
 }
 
 /// The producer's command line parsed as the binary parses it, but with no environment
