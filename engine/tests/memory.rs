@@ -13,6 +13,27 @@ static ALLOCATOR: Counting = Counting;
 
 const MIB: u64 = 1 << 20;
 
+/// The three ways every input is converted: the default path, the pixel path forced, PNG output.
+fn ways() -> [(&'static str, Options); 3] {
+    [
+        ("default", Options::default()),
+        (
+            "pixels",
+            Options {
+                path: PathChoice::Pixels,
+                ..Options::default()
+            },
+        ),
+        (
+            "png",
+            Options {
+                format: OutputFormat::Png,
+                ..Options::default()
+            },
+        ),
+    ]
+}
+
 struct Row {
     file: String,
     how: &'static str,
@@ -98,23 +119,7 @@ fn generated_images_of_every_path_peak_within_their_estimates() {
         ("progressive JPEG, orientation 6", jpeg(true, 6)),
         ("baseline JPEG, orientation 3", jpeg(false, 3)),
     ];
-    let ways = [
-        ("default", Options::default()),
-        (
-            "pixels",
-            Options {
-                path: PathChoice::Pixels,
-                ..Options::default()
-            },
-        ),
-        (
-            "png",
-            Options {
-                format: OutputFormat::Png,
-                ..Options::default()
-            },
-        ),
-    ];
+    let ways = ways();
     let mut outside = 0;
     for (name, data) in &inputs {
         for (how, options) in &ways {
@@ -136,23 +141,7 @@ fn every_corpus_conversion_peaks_within_its_estimate() {
     let Some(root) = support::corpus() else {
         return;
     };
-    let ways: [(&str, Options); 3] = [
-        ("default", Options::default()),
-        (
-            "pixels",
-            Options {
-                path: PathChoice::Pixels,
-                ..Options::default()
-            },
-        ),
-        (
-            "png",
-            Options {
-                format: OutputFormat::Png,
-                ..Options::default()
-            },
-        ),
-    ];
+    let ways = ways();
     let mut rows = Vec::new();
     for entry in support::manifest(&root) {
         let data = std::fs::read(root.join(&entry.path)).expect("read a corpus file");

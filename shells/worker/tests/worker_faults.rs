@@ -98,8 +98,14 @@ impl Run {
         }
     }
 
-    /// Every accepted image is exactly one grayscale object at its own key; nothing else.
+    /// Every accepted image is exactly one grayscale object at its own key; nothing else, and
+    /// nothing queued once the last acks have reached the broker (waited for up to 10 s).
     async fn check_all_landed_once(&self) -> Vec<String> {
+        let (connection, queue) = (&self.connection, &self.queue);
+        eventually(Duration::from_secs(10), async || {
+            message_count(connection, queue).await == 0
+        })
+        .await;
         let mut problems = Vec::new();
         let keys: BTreeSet<String> = self.bucket.keys().await.into_iter().collect();
         if keys != self.accepted {
@@ -159,12 +165,6 @@ async fn a_worker_killed_mid_run_loses_nothing_and_a_new_one_finishes_exactly_on
     )]);
     let all = run.wait_results(IMAGES, Duration::from_secs(120)).await;
     let recovered = killed_at.elapsed();
-    // Let the last acks reach the broker before counting what is queued.
-    let connection = &run.connection;
-    eventually(Duration::from_secs(10), async || {
-        message_count(connection, &run.queue).await == 0
-    })
-    .await;
     problems.extend(run.check_all_landed_once().await);
     let metrics = scrape(metrics_port);
     let redone = metric(&metrics, "cloudimg_jobs_total{outcome=\"already_done\"}").unwrap_or(0.0);
@@ -208,11 +208,6 @@ async fn a_fleet_of_three_workers_loses_one_mid_run_and_every_image_lands_once()
         problems.push(format!("the kill did not land mid-run: {at_kill} results"));
     }
     run.wait_results(IMAGES, Duration::from_secs(120)).await;
-    let connection = &run.connection;
-    eventually(Duration::from_secs(10), async || {
-        message_count(connection, &run.queue).await == 0
-    })
-    .await;
     problems.extend(run.check_all_landed_once().await);
     let shares: Vec<(f64, f64)> = ports
         .iter()
@@ -284,11 +279,6 @@ async fn sigterm_mid_run_acks_what_the_worker_holds_and_exits_0_quickly() {
     // A new worker does the rest.
     let mut second = run.shells.worker(&[]);
     run.wait_results(IMAGES, Duration::from_secs(120)).await;
-    let connection = &run.connection;
-    eventually(Duration::from_secs(10), async || {
-        message_count(connection, &run.queue).await == 0
-    })
-    .await;
     problems.extend(run.check_all_landed_once().await);
     let w = second.terminate(Duration::from_secs(30));
     if !w.is_some_and(|s| s.success()) {
