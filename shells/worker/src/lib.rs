@@ -2,14 +2,15 @@
 //! tokio thread), writes each result to the store and acks only after the write succeeded.
 //!
 //! * **Prefetch = concurrency**: the broker hands over at most as many jobs as the engine pool has
-//!   threads, so the pool never idles while jobs wait in the queue.
+//!   threads, so the pool never idles while jobs wait in the queue. Each delivery becomes one pool
+//!   task bridged back with a oneshot; the pool is the batch, so a fast image never waits for a
+//!   slow one to share its ack.
 //! * **Memory by budget**: before converting, a job reserves the engine's estimate of its peak
 //!   heap (from the header) plus its input from `CLOUDIMG_MEMORY_BUDGET`, and waits while the
 //!   jobs in flight hold too much; one that needs more than the whole budget is dead-lettered
 //!   `over_budget`. The reservation ends when the engine returns, not when the job is answered.
 //! * **Time by deadline**: a conversion past `CLOUDIMG_JOB_TIMEOUT` is cancelled (the engine checks
-//!   its flag between scans and rows) and the job dead-lettered `timeout`. Each delivery becomes one pool task bridged back with a oneshot; the pool
-//!   is the batch, so a fast image never waits for a slow one to share its ack.
+//!   its flag between scans and rows) and the job dead-lettered `timeout`.
 //! * **Poison** (every engine error, and messages the worker cannot use) goes to `<queue>.dead` with
 //!   `x-cloudimg-job-id` / `x-cloudimg-error` headers after a `failed/<job_id>.json` marker is
 //!   written, and is then acked: it never blocks the queue or loops.
@@ -135,7 +136,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     metrics::gauge!("cloudimg_jobs_in_flight").set(0.0);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        let result = session(&ctx, &config, &shutdown, &mut errors).await;
+        let result = consume(&ctx, &config, &shutdown, &mut errors)
+            .await
+            .unwrap_or_else(SessionEnd::LinkLost);
         metrics::gauge!("cloudimg_broker_connected").set(0.0);
         metrics::gauge!("cloudimg_worker_ready").set(0.0);
         if started.elapsed() > Duration::from_secs(30) {
@@ -172,19 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 /// One connection's life: set up, consume until shutdown (drained), link loss or a store that
-/// refuses the worker (the jobs held go back to the broker).
-async fn session(
-    ctx: &Arc<Context>,
-    config: &Config,
-    shutdown: &CancellationToken,
-    errors: &mut amqp::SetupErrorLog,
-) -> SessionEnd {
-    match consume(ctx, config, shutdown, errors).await {
-        Ok(end) => end,
-        Err(e) => SessionEnd::LinkLost(e),
-    }
-}
-
+/// refuses the worker (the jobs held go back to the broker). A setup error is a lost link too.
 async fn consume(
     ctx: &Arc<Context>,
     config: &Config,
@@ -226,7 +217,7 @@ async fn consume(
             _ = shutdown.cancelled() => break None,
             Ok(()) = denied.changed() => {
                 if let Some(reason) = denied.borrow_and_update().clone() {
-                    break Some(Ended::Denied(reason));
+                    break Some(SessionEnd::StoreDenied(reason));
                 }
             }
             next = consumer.next() => match next {
@@ -239,10 +230,10 @@ async fn consume(
                         shutdown.clone(),
                     ));
                 }
-                Some(Err(e)) => break Some(Ended::Link(e.to_string())),
-                None => break Some(Ended::Link("the consumer was cancelled".to_owned())),
+                Some(Err(e)) => break Some(lost(e.to_string())),
+                None => break Some(lost("the consumer was cancelled".to_owned())),
             },
-            _ = &mut link_lost => break Some(Ended::Link("connection lost".to_owned())),
+            _ = &mut link_lost => break Some(lost("connection lost".to_owned())),
         }
     };
     match lost {
@@ -287,18 +278,12 @@ async fn consume(
                 connection.close(200, "cloudimg worker reconnecting".into()),
             )
             .await;
-            Ok(match ended {
-                Ended::Link(reason) => {
-                    SessionEnd::LinkLost(cloudimg_runtime::Error::LinkLost(reason))
-                }
-                Ended::Denied(reason) => SessionEnd::StoreDenied(reason),
-            })
+            Ok(ended)
         }
     }
 }
 
-/// Why the consume loop stopped before shutdown.
-enum Ended {
-    Link(String),
-    Denied(String),
+/// The broker link failed while consuming, for `reason`.
+fn lost(reason: String) -> SessionEnd {
+    SessionEnd::LinkLost(cloudimg_runtime::Error::LinkLost(reason))
 }

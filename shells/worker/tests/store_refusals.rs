@@ -113,17 +113,18 @@ async fn long_names_are_cut_to_fit_and_objects_s3_refuses_are_dead_lettered_as_s
     } else {
         problems.push("the object S3 refuses was never marked failed".into());
     }
-    let dead = rig
-        .connection
-        .create_channel()
-        .await
-        .unwrap()
-        .basic_get(
-            format!("{}.dead", rig.shells.queue).as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap();
+    // The marker is written before the dead letter is published: wait for the message too.
+    let channel = rig.connection.create_channel().await.unwrap();
+    let dead_queue = format!("{}.dead", rig.shells.queue);
+    let mut dead = None;
+    eventually(Duration::from_secs(10), async || {
+        dead = channel
+            .basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        dead.is_some()
+    })
+    .await;
     match dead {
         Some(message) => {
             let headers = message.properties.headers();
