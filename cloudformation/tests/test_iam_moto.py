@@ -6,8 +6,11 @@ from template.yaml now (not copied), then turns enforcement on (POST /moto-api/r
 then on every request needs a signature from a known user and a policy that allows it; a denied
 call answers 403). The real binaries then run with those users' keys against the local RabbitMQ:
 
-- a staged upload (CLOUDIMG_STAGE_OVER_BYTES=1): producer PutObject on staging/, worker GetObject on
-  staging/, PutObject on gray/, DeleteObject on staging/, producer HeadObject on gray/ (GetJob);
+- a staged upload (at the producer's default CLOUDIMG_STAGE_OVER_BYTES, 64 KiB, a photo is staged):
+  producer PutObject on staging/, worker GetObject on staging/, PutObject on gray/, DeleteObject on
+  staging/, producer HeadObject on gray/ (GetJob);
+- a staged upload over 16 MiB, sent as an S3 multipart upload (CreateMultipartUpload, UploadPart
+  and CompleteMultipartUpload are all authorised as s3:PutObject);
 - a redelivery: before any worker runs, a consumer takes the job and drops its connection without
   an ack (what a SIGKILLed worker leaves), so the worker gets it redelivered and asks HeadObject on
   gray/<id> first (the call issue 14 found denied);
@@ -252,7 +255,7 @@ class ShellsUnderTemplateIam(unittest.TestCase):
         return "\n".join(out)
 
     def test_end_to_end_redelivery_staging_and_dead_letters(self):
-        producer = self.start("cloudimg-producer", "producer", CLOUDIMG_LISTEN=self.grpc, CLOUDIMG_STAGE_OVER_BYTES="1")
+        producer = self.start("cloudimg-producer", "producer", CLOUDIMG_LISTEN=self.grpc)
         wait_until(lambda: _port_open(self.grpc) or producer.poll() is not None, "the producer to listen")
         self.assertIsNone(producer.poll(), self.logs())
 
@@ -283,7 +286,25 @@ class ShellsUnderTemplateIam(unittest.TestCase):
         fetch = [i for i, line in enumerate(served) if f'"GET /{self.bucket}/staging/{job_id}?' in line]
         self.assertTrue(head and fetch and head[0] < fetch[0], "the redelivered job was not checked in gray/ first")
 
-        # 3. A JPEG whose header passes the producer and whose data the worker cannot decode:
+        # 3. An upload over 16 MiB (a photo padded with comment segments): staged as a multipart
+        # upload under the producer's grants, converted, its staged object deleted.
+        with open(image, "rb") as f:
+            photo = f.read()
+        padding = b"".join(b"\xff\xfe\xff\xff" + bytes(65533) for _ in range(300))
+        large = os.path.join(self.tmp, "large.jpg")
+        with open(large, "wb") as f:
+            f.write(photo[:2] + padding + photo[2:])
+        self.assertGreater(os.path.getsize(large), 16 << 20)
+        proc, lines = self.send(large, wait=True)
+        self.assertEqual(proc.returncode, 0, proc.stderr + self.logs())
+        self.assertEqual(lines[-1]["status"], "done", lines)
+        large_id = lines[-1]["job_id"]
+        with open(os.path.join(self.tmp, "moto.log"), encoding="utf-8") as f:
+            served = f.read()
+        self.assertIn(f"POST /{self.bucket}/staging/{large_id}?uploads", served, "not sent as multipart")
+        wait_until(lambda: not self.exists(f"staging/{large_id}"), "the large job's staged upload to go")
+
+        # 4. A JPEG whose header passes the producer and whose data the worker cannot decode:
         # dead-lettered with its failed/ marker, and GetJob reads the marker.
         bad = os.path.join(CORPUS, "bad", "jpeg", "corrupt", "invalid_sos_component_id_16x16.jpg")
         proc, lines = self.send(bad, wait=True)

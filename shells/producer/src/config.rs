@@ -49,6 +49,13 @@ pub const MEMORY_BUDGET_SHARE: u64 = 4;
 /// The budget when the memory cannot be read (not Linux): 1 GiB.
 const FALLBACK_MEMORY_BUDGET: u64 = 1 << 30;
 
+/// `CLOUDIMG_STAGE_OVER_BYTES` by default: 64 KiB. Every byte of an inline job is written by the
+/// broker to disk and read back, and one broker (one Amazon MQ node) cannot grow with the fleet
+/// while the store does; above this size a staged image costs the broker less than its bytes
+/// would, and its three store requests cost less than the broker time they save
+/// (docs/benchmarks.md, "Where the threshold lies").
+pub const DEFAULT_STAGE_OVER_BYTES: u64 = 64 << 10;
+
 /// Time bounds of one upload: without them a client that stops sending holds its stream, its
 /// buffer and a drain slot forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,9 +105,11 @@ pub struct Args {
     pub store: StoreArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Uploads larger than this many bytes are staged in the store (claim-check) instead of
-    /// travelling through the broker. Capped at 15 MiB so no message reaches RabbitMQ 4's 16 MiB.
-    #[arg(long, env = "CLOUDIMG_STAGE_OVER_BYTES", default_value_t = 8 << 20)]
+    /// Uploads larger than this many bytes are staged in the store (claim-check) and the message
+    /// carries only their key. 64 KiB by default, so nearly every photo is staged and the broker
+    /// moves messages of a few hundred bytes instead of every image's bytes (docs/benchmarks.md
+    /// has the measurement behind it). Capped at 15 MiB so no message reaches RabbitMQ 4's 16 MiB.
+    #[arg(long, env = "CLOUDIMG_STAGE_OVER_BYTES", default_value_t = DEFAULT_STAGE_OVER_BYTES)]
     pub stage_over_bytes: u64,
     /// Bearer token every call must carry.
     #[arg(long, env = "CLOUDIMG_TOKEN", hide_env_values = true)]

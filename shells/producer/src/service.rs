@@ -185,8 +185,11 @@ impl Inner {
         let staged = size > self.stage_over_bytes;
         let payload = if staged {
             let Some(store) = &self.store else {
-                return Err(Status::resource_exhausted(format!(
-                    "upload of {size} bytes needs staging (over {} bytes) but no store is configured",
+                // A configuration gap, not the sender's fault: the same words as GetJob's.
+                return Err(Status::failed_precondition(format!(
+                    "upload of {size} bytes needs staging (over CLOUDIMG_STAGE_OVER_BYTES, {} \
+                     bytes) but this producer has no object store (set BUCKET_NAME or \
+                     CLOUDIMG_OUT_DIR)",
                     self.stage_over_bytes
                 )));
             };

@@ -273,6 +273,23 @@ async fn without_a_broker_uploads_are_unavailable_never_ok() {
 }
 
 #[tokio::test]
+async fn without_a_store_an_upload_over_the_staging_threshold_is_refused_naming_what_to_set() {
+    let queue = unique_queue("nostore");
+    let mut cfg = config_without_broker(&queue);
+    cfg.stage_over_bytes = 1000;
+    let mut p = Producer::start(cfg).await;
+    let data = noisy_jpeg(300, 200);
+    assert!(data.len() > 1000);
+    let status = upload(&mut p.client, upload_of(&data)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("BUCKET_NAME") && status.message().contains("CLOUDIMG_OUT_DIR"),
+        "{status:?}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn with_a_token_set_calls_without_it_are_unauthenticated() {
     let queue = unique_queue("token");
     let mut cfg = config_without_broker(&queue);

@@ -201,8 +201,18 @@ pub(crate) async fn handle(
                 // the job id header; the reason is in the marker).
                 acker.reject(BasicRejectOptions { requeue: false }).await
             };
-            if let Err(e) = result {
-                tracing::warn!(%job_id, error = %e, "ack after dead-lettering failed");
+            match result {
+                Err(e) => tracing::warn!(%job_id, error = %e, "ack after dead-lettering failed"),
+                // Settled for good (engine errors are permanent, never retried): its staged
+                // upload can go. With nearly every upload staged, keeping them would leave one
+                // object per dead letter until the lifecycle rule.
+                Ok(_) => {
+                    if let Ok(job) = ImageJob::decode(body.clone())
+                        && let Ok(id) = JobId::parse(&job.job_id)
+                    {
+                        cleanup_staged(&ctx, &id, &job.payload).await;
+                    }
+                }
             }
             job_outcome("dead_lettered");
             metrics::counter!("cloudimg_job_errors_total", "kind" => kind.as_str()).increment(1);
@@ -454,8 +464,8 @@ async fn convert_on_pool(
     }
 }
 
-/// Deletes a staged upload once its result exists (best effort: a leftover is harmless, and a
-/// lifecycle rule on `staging/` collects it).
+/// Deletes a staged upload once its result exists or its job is dead-lettered (best effort: a
+/// leftover is harmless, and a lifecycle rule on `staging/` collects it).
 async fn cleanup_staged(ctx: &Context, job_id: &JobId, payload: &Option<image_job::Payload>) {
     if let Some(image_job::Payload::Staged(_)) = payload
         && let Err(e) = ctx.store.delete(&job_id.staging_key()).await

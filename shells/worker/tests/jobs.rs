@@ -208,6 +208,23 @@ async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
     )
     .encode_to_vec();
     publish(&channel, &queue, &body, &missing.to_string()).await;
+    // A staged truncated JPEG: dead-lettered like the inline one, and its staged upload deleted
+    // once the dead letter is settled (the failure is permanent; nothing will read it again).
+    let staged_bad = JobId::random();
+    let staged_path = dir.0.join(staged_bad.staging_key());
+    std::fs::create_dir_all(staged_path.parent().unwrap()).unwrap();
+    let mut data = fixture_jpeg(200, 150, 4, 50, 90);
+    data.truncate(data.len() / 2);
+    std::fs::write(&staged_path, &data).unwrap();
+    let body = job(
+        &staged_bad,
+        image_job::Payload::Staged(StagedObject {
+            key: staged_bad.staging_key(),
+            size: data.len() as u64,
+        }),
+    )
+    .encode_to_vec();
+    publish(&channel, &queue, &body, &staged_bad.to_string()).await;
 
     let marker = dir.0.join(truncated.failure_key());
     assert!(
@@ -223,7 +240,7 @@ async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
     let dead = format!("{queue}.dead");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut messages = Vec::new();
-    while messages.len() < 3 && Instant::now() < deadline {
+    while messages.len() < 4 && Instant::now() < deadline {
         match channel
             .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
             .await
@@ -233,7 +250,7 @@ async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    assert_eq!(messages.len(), 3, "expected 3 dead letters");
+    assert_eq!(messages.len(), 4, "expected 4 dead letters");
     let mut by_job = std::collections::BTreeMap::new();
     for m in &messages {
         let headers = m.properties.headers().clone();
@@ -250,6 +267,19 @@ async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
         "{by_job:?}"
     );
     assert!(by_job["not-a-job"].contains("ImageJob"), "{by_job:?}");
+    assert!(
+        by_job[&staged_bad.to_string()].contains("invalid JPEG"),
+        "{by_job:?}"
+    );
+    // The dead-lettered job's staged upload is gone (deleted right after its dead letter).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while staged_path.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !staged_path.exists(),
+        "the dead-lettered job's staged upload was kept"
+    );
     // Nothing else landed and nothing is stuck on the work queue.
     assert!(!dir.0.join("gray").exists());
     worker.stop().await;

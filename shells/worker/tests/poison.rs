@@ -233,7 +233,13 @@ async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_lan
         }
     }
 
-    // The bucket holds exactly the results and the markers: nothing staged, nothing else.
+    // The bucket holds exactly the results and the markers: nothing staged, nothing else. (At the
+    // default threshold most of these files were staged; a dead-lettered job's staged upload is
+    // deleted just after its dead letter is settled, so give the last ones a moment.)
+    eventually(Duration::from_secs(10), async || {
+        !bucket.keys().await.iter().any(|k| k.starts_with("staging/"))
+    })
+    .await;
     let mut wanted_keys: BTreeSet<String> =
         results.keys().map(|id| format!("gray/{id}.jpg")).collect();
     wanted_keys.extend(dead.keys().map(|id| format!("failed/{id}.json")));

@@ -35,7 +35,9 @@ async fn the_worker_retries_through_a_stalled_or_refusing_store_and_dead_letters
         },
     );
     let metrics_port = free_port();
-    let (mut producer, address) = shells.producer(&[]);
+    // Small uploads travel inline (the threshold set high here, over the 64 KiB default): the
+    // producer accepts them without the store, so only the worker meets the outage.
+    let (mut producer, address) = shells.producer(&[("CLOUDIMG_STAGE_OVER_BYTES", "15728640")]);
     let mut worker = shells.worker(&[(
         "CLOUDIMG_METRICS_LISTEN",
         &format!("127.0.0.1:{metrics_port}"),
@@ -61,7 +63,6 @@ async fn the_worker_retries_through_a_stalled_or_refusing_store_and_dead_letters
             .collect();
         proxy.set(mode);
         let outage_started = Instant::now();
-        // Small uploads travel inline: the producer accepts them without the store.
         let mut args: Vec<OsString> = ["--wait", "--timeout", "120"]
             .iter()
             .map(OsString::from)

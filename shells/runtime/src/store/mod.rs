@@ -36,8 +36,9 @@ pub struct ObjectInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// An object store holding whole objects (images are megabytes, not gigabytes: one request each,
-/// no multipart).
+/// An object store holding whole objects, each handed over and read back in one piece (images are
+/// megabytes, not gigabytes; how an implementation sends a large one, S3 multipart for example, is
+/// its own business).
 pub trait ObjectStore: Send + Sync {
     /// Writes `body` under `key`, replacing what was there. Readers never see a partial object.
     fn put(
