@@ -874,6 +874,7 @@ S3_NEEDS = {
                    ("s3:PutObject", "/failed/*", "write the failure marker")],
     "ProducerRole": [("s3:PutObject", "/staging/*", "stage a large upload"),
                      ("s3:DeleteObject", "/staging/*", "delete a staged upload whose publish failed"),
+                     ("s3:GetObject", "/staging/*", "HeadObject on a multipart upload whose completion reply is unreadable"),
                      ("s3:GetObject", "/gray/*", "GetJob: HeadObject on the result"),
                      ("s3:GetObject", "/failed/*", "GetJob: read the failure marker")],
 }

@@ -414,7 +414,7 @@ class X86StackInMoto(unittest.TestCase):
 
         producer = policy_document(iam, self.ids["ProducerRole"], "cloudimg-producer")
         by_sid = {s["Sid"]: s for s in statements(producer)}
-        self.assertEqual(by_sid["StageLargeUploads"]["Resource"], f"{bucket_arn}/staging/*")
+        self.assertEqual(by_sid["StageUploads"]["Resource"], f"{bucket_arn}/staging/*")
         self.assertEqual(sorted(by_sid["AnswerJobStatus"]["Resource"]),
                          [f"{bucket_arn}/failed/*", f"{bucket_arn}/gray/*"])
         self.assertNotIn("UseBucketKey", by_sid)  # BucketKmsKeyArn empty: no KMS statement
