@@ -7,9 +7,9 @@
 //! larger one (a staged upload of tens of MiB) as a multipart upload whose parts go up at once, so
 //! one large upload is not held to one connection's speed.
 //!
-//! Bodies are sent with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the signature: hashing
-//! every byte cost the producer about as much CPU as receiving it (docs/benchmarks.md). The
-//! signature still covers the request's headers; the body's integrity comes from TLS and, on AWS,
+//! Bodies are sent with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the signature: otherwise the
+//! SDK hashes every byte of every upload and result once more, CPU that grows with the bytes
+//! (awslabs/aws-sdk-rust#1085). The signature still covers the request's headers; the body's integrity comes from TLS and, on AWS,
 //! from the CRC32 checksum the SDK adds and S3 verifies. (A custom endpoint over plain `http://`
 //! gets neither: use it only on a trusted network, as the tests' moto is.)
 //!
