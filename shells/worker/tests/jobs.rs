@@ -2,7 +2,7 @@
 //! result and an ack; poison goes to `<queue>.dead` with its headers and a failure marker; a
 //! staged upload is fetched and deleted once the result exists; shutdown drains.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,6 +100,30 @@ fn job(id: &JobId, payload: image_job::Payload) -> ImageJob {
     }
 }
 
+/// Stages `data` for `id` in the local store under `root` (as the producer would) and publishes
+/// the job referring to it; returns where the staged upload lies.
+async fn publish_staged(
+    channel: &Channel,
+    queue: &str,
+    root: &Path,
+    id: &JobId,
+    data: &[u8],
+) -> PathBuf {
+    let path = root.join(id.staging_key());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, data).unwrap();
+    let body = job(
+        id,
+        image_job::Payload::Staged(StagedObject {
+            key: id.staging_key(),
+            size: data.len() as u64,
+        }),
+    )
+    .encode_to_vec();
+    publish(channel, queue, &body, &id.to_string()).await;
+    path
+}
+
 async fn wait_for_file(path: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -132,19 +156,14 @@ async fn a_job_becomes_a_grayscale_result_and_a_staged_upload_is_cleaned_up() {
     .await;
 
     let staged = JobId::random();
-    let staged_path = dir.0.join(staged.staging_key());
-    std::fs::create_dir_all(staged_path.parent().unwrap()).unwrap();
-    let data = fixture_jpeg(64, 96, 2, 30, 90);
-    std::fs::write(&staged_path, &data).unwrap();
-    let body = job(
+    let staged_path = publish_staged(
+        &channel,
+        &queue,
+        &dir.0,
         &staged,
-        image_job::Payload::Staged(StagedObject {
-            key: staged.staging_key(),
-            size: data.len() as u64,
-        }),
+        &fixture_jpeg(64, 96, 2, 30, 90),
     )
-    .encode_to_vec();
-    publish(&channel, &queue, &body, &staged.to_string()).await;
+    .await;
 
     for (id, (w, h)) in [(inline, (120, 80)), (staged, (64, 96))] {
         let result = dir
@@ -211,20 +230,9 @@ async fn poison_ends_in_the_dead_letter_queue_with_headers_and_a_marker() {
     // A staged truncated JPEG: dead-lettered like the inline one, and its staged upload deleted
     // once the dead letter is settled (the failure is permanent; nothing will read it again).
     let staged_bad = JobId::random();
-    let staged_path = dir.0.join(staged_bad.staging_key());
-    std::fs::create_dir_all(staged_path.parent().unwrap()).unwrap();
     let mut data = fixture_jpeg(200, 150, 4, 50, 90);
     data.truncate(data.len() / 2);
-    std::fs::write(&staged_path, &data).unwrap();
-    let body = job(
-        &staged_bad,
-        image_job::Payload::Staged(StagedObject {
-            key: staged_bad.staging_key(),
-            size: data.len() as u64,
-        }),
-    )
-    .encode_to_vec();
-    publish(&channel, &queue, &body, &staged_bad.to_string()).await;
+    let staged_path = publish_staged(&channel, &queue, &dir.0, &staged_bad, &data).await;
 
     let marker = dir.0.join(truncated.failure_key());
     assert!(

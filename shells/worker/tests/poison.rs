@@ -237,7 +237,11 @@ async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_lan
     // default threshold most of these files were staged; a dead-lettered job's staged upload is
     // deleted just after its dead letter is settled, so give the last ones a moment.)
     eventually(Duration::from_secs(10), async || {
-        !bucket.keys().await.iter().any(|k| k.starts_with("staging/"))
+        !bucket
+            .keys()
+            .await
+            .iter()
+            .any(|k| k.starts_with("staging/"))
     })
     .await;
     let mut wanted_keys: BTreeSet<String> =

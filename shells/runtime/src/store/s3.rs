@@ -26,6 +26,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -210,9 +211,16 @@ impl S3Store {
             Err(e) if e.raw_response().is_some_and(|r| r.status().is_success()) => {
                 // Answered 2xx, but the reply could not be read (moto, see the module doc):
                 // the object itself decides.
-                let head = self.head_object_etag(key).await?;
-                match head {
-                    Some((len, etag)) if len == size as u64 && etag_parts(&etag) == Some(parts) => {
+                let found = self.head_object(key).await?.map(|h| {
+                    (
+                        h.content_length().unwrap_or(0),
+                        h.e_tag().map(str::to_owned),
+                    )
+                });
+                match found {
+                    Some((len, Some(etag)))
+                        if len == size as i64 && etag_parts(&etag) == Some(parts) =>
+                    {
                         Ok(())
                     }
                     found => Err(Error::store(
@@ -231,8 +239,9 @@ impl S3Store {
         }
     }
 
-    /// The size and ETag of `key`, or `None` when it does not exist.
-    async fn head_object_etag(&self, key: &str) -> Result<Option<(u64, String)>> {
+    /// `HeadObject` on `key`, or `None` when it does not exist: for [`ObjectStore::head`] and the
+    /// multipart check, which also needs the ETag.
+    async fn head_object(&self, key: &str) -> Result<Option<HeadObjectOutput>> {
         match self
             .client
             .head_object()
@@ -241,10 +250,7 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(h) => Ok(Some((
-                h.content_length().unwrap_or(0).max(0) as u64,
-                h.e_tag().unwrap_or_default().to_owned(),
-            ))),
+            Ok(h) => Ok(Some(h)),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
             Err(e) => Err(fail("head", key, e)),
         }
@@ -307,25 +313,14 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
         check_key(key)?;
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(h) => Ok(Some(ObjectInfo {
-                size: h.content_length().unwrap_or(0).max(0) as u64,
-                content_type: h.content_type().map(str::to_owned),
-                metadata: h
-                    .metadata()
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    .unwrap_or_default(),
-            })),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(e) => Err(fail("head", key, e)),
-        }
+        Ok(self.head_object(key).await?.map(|h| ObjectInfo {
+            size: h.content_length().unwrap_or(0).max(0) as u64,
+            content_type: h.content_type().map(str::to_owned),
+            metadata: h
+                .metadata()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        }))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -347,7 +342,10 @@ mod tests {
 
     #[test]
     fn a_multipart_etag_tells_its_part_count() {
-        assert_eq!(etag_parts("\"9b2cf535f27731c974343645a3985328-5\""), Some(5));
+        assert_eq!(
+            etag_parts("\"9b2cf535f27731c974343645a3985328-5\""),
+            Some(5)
+        );
         assert_eq!(etag_parts("9b2cf535f27731c974343645a3985328-12"), Some(12));
         assert_eq!(etag_parts("\"9b2cf535f27731c974343645a3985328\""), None);
         assert_eq!(etag_parts(""), None);
