@@ -104,20 +104,13 @@ pub async fn serve(
     health
         .set_not_serving::<ImageServiceServer<ImageService>>()
         .await;
-    metrics::gauge!("cloudimg_broker_connected").set(0.0);
     {
         let mut publisher = publisher.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut state = publisher.state();
-            let mut was_connected = false;
             loop {
-                metrics::gauge!("cloudimg_broker_connected").set(f64::from(state.connected));
                 metrics::gauge!("cloudimg_broker_blocked").set(f64::from(state.blocked));
-                if state.connected && !was_connected {
-                    metrics::counter!("cloudimg_broker_connects_total").increment(1);
-                }
-                was_connected = state.connected;
                 if state.usable() {
                     health
                         .set_serving::<ImageServiceServer<ImageService>>()

@@ -1,26 +1,17 @@
-//! The broker side shared by producer and worker: the queue topology both declare, connecting, and
-//! the publisher's link supervisor.
-//!
-//! lapin's automatic recovery is not reliable (amqp-rs/lapin#450), so it stays off: the supervisor
-//! here (and the worker's consume loop) rebuild connection, channels and consumers themselves, with
-//! backoff, whenever the link fails.
+//! The broker side shared by producer and worker: the queue topology both declare, the one
+//! confirmed publish, and the producer's publisher over a supervised link ([`crate::link`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus,
-    DefaultConnectionBuilder,
-};
+use lapin::{BasicProperties, Channel, Connection, ConnectionStatus};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::settings::{BrokerSettings, QueueType, redact_url};
+use crate::link::{self, SessionEnd};
+use crate::settings::{BrokerSettings, QueueType};
 use crate::{Error, Result};
 
 /// Header naming the job on every message, on the work queue and the dead-letter queue.
@@ -128,90 +119,6 @@ impl Topology {
 /// Whether the broker refused a declaration because it conflicts with what exists (406).
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
-}
-
-/// Logs a topology mismatch as an error the first time and quietly after that, so an operator
-/// sees one clear, actionable line instead of one per retry. Other errors go to `warn`.
-#[derive(Debug, Default)]
-pub struct SetupErrorLog {
-    topology_reported: bool,
-}
-
-impl SetupErrorLog {
-    pub fn report(&mut self, e: &Error, retry_in: Duration, context: &'static str) {
-        let retry_in_ms = retry_in.as_millis() as u64;
-        match e {
-            Error::Topology(_) if !self.topology_reported => {
-                self.topology_reported = true;
-                tracing::error!(error = %e, retry_in_ms, "{context}");
-            }
-            Error::Topology(_) => tracing::debug!(error = %e, retry_in_ms, "{context}"),
-            _ => tracing::warn!(error = %e, retry_in_ms, "{context}"),
-        }
-    }
-
-    /// The link came up: a later mismatch is news again.
-    pub fn reset(&mut self) {
-        self.topology_reported = false;
-    }
-}
-
-/// Opens one connection, named so operators can tell our connections apart in the management UI.
-/// `amqps://` URLs trust the system's CAs plus `broker.ca_pem`.
-pub async fn connect(broker: &BrokerSettings, name: &str) -> Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let mut builder = DefaultConnectionBuilder::new()?
-        .with_uri_str(broker.url.clone())
-        .with_properties(props);
-    if let Some(pem) = &broker.ca_pem {
-        builder = builder.with_tls_config(OwnedTLSConfig {
-            identity: None,
-            cert_chain: Some(pem.clone()),
-        });
-    }
-    builder.connect().await.map_err(|e| {
-        tracing::debug!(url = %redact_url(&broker.url), error = %e, "broker connection failed");
-        Error::Broker(e)
-    })
-}
-
-/// Resolves when the connection reports an error or stops being connected.
-pub async fn link_lost(connection: &Connection) {
-    follow_link(connection, |_| {}).await
-}
-
-/// [`link_lost`], calling `on_alarm` with `true` on every `connection.blocked` (a broker memory or
-/// disk alarm) and `false` on every `connection.unblocked`. One function reads the events because
-/// lapin's event stream is one queue shared by all its listeners (each event reaches one of them),
-/// not a broadcast.
-async fn follow_link(connection: &Connection, mut on_alarm: impl FnMut(bool)) {
-    let mut events = connection.events_listener();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            event = events.next() => match event {
-                Some(lapin::Event::Error(e)) => {
-                    tracing::warn!(error = %e, "broker link error");
-                    return;
-                }
-                Some(lapin::Event::ConnectionBlocked(reason)) => {
-                    tracing::warn!(%reason, "the broker blocked the connection (a memory or disk alarm)");
-                    on_alarm(true);
-                }
-                Some(lapin::Event::ConnectionUnblocked) => {
-                    tracing::info!("the broker unblocked the connection");
-                    on_alarm(false);
-                }
-                Some(_) => {}
-                None => return,
-            },
-            _ = tick.tick() => {
-                if !connection.status().connected() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// How long a confirmed publish waits for the broker's confirm unless told otherwise (the
@@ -348,7 +255,17 @@ impl Publisher {
     ) -> (Publisher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
         let broken = Arc::new(Notify::new());
-        let task = tokio::spawn(supervise(broker, name, topology, tx, broken.clone(), stop));
+        let mut session = PublisherSession {
+            topology,
+            link: tx,
+            broken: broken.clone(),
+            stop,
+        };
+        let task = tokio::spawn(async move {
+            let stop = session.stop.clone();
+            link::supervise(&broker, &name, &stop, &mut session).await;
+            session.link.send_replace(None);
+        });
         let publisher = Publisher {
             link: rx,
             broken,
@@ -421,79 +338,55 @@ fn state_of(link: Option<&Link>) -> LinkState {
     }
 }
 
-async fn supervise(
-    broker: BrokerSettings,
-    name: String,
+/// The publisher's session on each connection: a confirm-mode channel with the topology declared,
+/// offered to publishers until the link fails, a publish finds it broken, or `stop`.
+struct PublisherSession {
     topology: Topology,
     link: watch::Sender<Option<Link>>,
     broken: Arc<Notify>,
     stop: CancellationToken,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut errors = SetupErrorLog::default();
-    while !stop.is_cancelled() {
-        let setup = async {
-            let connection = connect(&broker, &name).await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            topology.declare(&channel).await?;
-            Ok::<_, Error>((connection, channel))
-        };
-        let attempt = tokio::select! {
-            r = setup => r,
-            _ = stop.cancelled() => break,
-        };
-        match attempt {
-            Ok((connection, channel)) => {
-                tracing::info!(
-                    broker = %redact_url(&broker.url),
-                    queue = %topology.queue,
-                    "publisher connected"
-                );
-                backoff.reset();
-                errors.reset();
-                link.send_replace(Some(Link {
-                    channel: channel.clone(),
-                    connection: connection.status().clone(),
-                }));
-                // The link's state is read from the connection's status: an alarm only wakes the
-                // watchers (health, metrics).
-                tokio::select! {
-                    _ = follow_link(&connection, |_| link.send_modify(|_| {})) => {}
-                    _ = broken.notified() => {}
-                    _ = stop.cancelled() => {}
-                }
-                link.send_replace(None);
-                // Channel first, then connection: dropping the last channel handle while the
-                // connection closes makes lapin log a spurious error.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    if channel.status().connected() {
-                        let _ = channel
-                            .close(200, "cloudimg publisher closing".into())
-                            .await;
-                    }
-                    let _ = connection
-                        .close(200, "cloudimg publisher closing".into())
-                        .await;
-                })
-                .await;
-                if !stop.is_cancelled() {
-                    tracing::warn!("publisher lost the broker link; reconnecting");
-                }
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                errors.report(&e, delay, "publisher cannot set up the broker link");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => break,
-                }
-            }
-        }
+}
+
+impl link::Session for PublisherSession {
+    type Link = Channel;
+
+    async fn setup(&mut self, connection: &Connection) -> Result<Channel> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&channel).await?;
+        Ok(channel)
     }
-    link.send_replace(None);
+
+    async fn serve(&mut self, connection: &Connection, channel: Channel) -> SessionEnd {
+        self.link.send_replace(Some(Link {
+            channel: channel.clone(),
+            connection: connection.status().clone(),
+        }));
+        // The link's state is read from the connection's status: an alarm only wakes the
+        // watchers (health, metrics).
+        let ended = tokio::select! {
+            _ = link::follow_link(connection, |_| self.link.send_modify(|_| {})) => {
+                SessionEnd::Lost(Error::LinkLost("connection lost".into()))
+            }
+            _ = self.broken.notified() => {
+                SessionEnd::Lost(Error::LinkLost("a publish found the link broken".into()))
+            }
+            _ = self.stop.cancelled() => SessionEnd::Stopped,
+        };
+        self.link.send_replace(None);
+        // The channel before the connection: dropping the last channel handle while the
+        // connection closes makes lapin log a spurious error.
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                channel.close(200, "cloudimg publisher closing".into()),
+            )
+            .await;
+        }
+        ended
+    }
 }
 
 /// A header table with `x-cloudimg-job-id` set.

@@ -1,7 +1,8 @@
 //! What two or more cloudimg shells share, and nothing else: the generated schema ([`proto`]), job
 //! ids and object keys ([`jobs`]), settings read once at the edge ([`settings`]), logging
-//! ([`telemetry`]), the shutdown signal ([`shutdown`]), retry pacing ([`backoff`]), memory budgets ([`budget`]), the broker
-//! topology and link supervisor ([`amqp`], feature `amqp`), the object stores ([`store`]; S3 with
+//! ([`telemetry`]), the shutdown signal ([`shutdown`]), retry pacing ([`backoff`]), memory budgets
+//! ([`budget`]), the broker topology and publish ([`amqp`]) and link supervisor ([`link`]) (feature
+//! `amqp`), the object stores ([`store`]; S3 with
 //! feature `s3`) and the Prometheus endpoint and TLS provider of the services ([`service`], feature
 //! `service`).
 //!
@@ -15,6 +16,8 @@ pub mod backoff;
 pub mod budget;
 mod error;
 pub mod jobs;
+#[cfg(feature = "amqp")]
+pub mod link;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod settings;

@@ -20,9 +20,10 @@
 //!   denied, no such bucket) pauses consuming, with `cloudimg_worker_ready` 0 and the jobs back in
 //!   the queue, instead of burning the queue into dead letters: the worker tries again after a
 //!   growing pause, and resumes once the store accepts it.
-//! * **Link loss**: the consume loop reconnects with backoff; jobs in flight on the lost link stop
-//!   retrying and are redelivered by the broker. Redeliveries are idempotent: output keys are per
-//!   job, and a redelivered job whose result exists is acked without converting again.
+//! * **Link loss**: the link supervisor ([`cloudimg_runtime::link`]), the producer's too,
+//!   reconnects with backoff; jobs in flight on the lost link stop retrying and are redelivered by
+//!   the broker. Redeliveries are idempotent: output keys are per job, and a redelivered job whose
+//!   result exists is acked without converting again.
 //! * **Shutdown** (SIGTERM/SIGINT): cancel the consumer, finish and ack what is held, close, exit 0.
 #![forbid(unsafe_code)]
 
@@ -33,16 +34,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudimg_engine::batch::Pool;
-use cloudimg_runtime::amqp::{self, Topology};
+use cloudimg_runtime::amqp::Topology;
 use cloudimg_runtime::backoff::Backoff;
 use cloudimg_runtime::budget::MemoryBudget;
-use cloudimg_runtime::settings::redact_url;
+use cloudimg_runtime::link::{self, SessionEnd};
 use cloudimg_runtime::store::Store;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -96,17 +98,8 @@ impl Readiness {
     }
 }
 
-/// How a session with the broker ended.
-enum SessionEnd {
-    /// Shutdown: the jobs held were drained.
-    Shutdown,
-    /// The broker link failed (reconnect with backoff).
-    LinkLost(cloudimg_runtime::Error),
-    /// The store refused the worker: pause before taking jobs again.
-    StoreDenied(String),
-}
-
-/// Consumes until `shutdown` is cancelled, reconnecting whenever the broker link fails; then drains.
+/// Consumes until `shutdown` is cancelled, over a supervised broker link (reconnected with
+/// backoff whenever it fails); then drains.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let store = Store::open(&config.store).await?.ok_or(Error::NoStore)?;
     let pool = Pool::new(config.concurrency).map_err(Error::Pool)?;
@@ -128,62 +121,65 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         budget: MemoryBudget::new(config.memory_budget),
         readiness: Readiness::new(),
     });
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut pause = Backoff::new(Duration::from_secs(5), Duration::from_secs(60));
-    let mut errors = amqp::SetupErrorLog::default();
-    metrics::gauge!("cloudimg_broker_connected").set(0.0);
     metrics::gauge!("cloudimg_worker_ready").set(0.0);
     metrics::gauge!("cloudimg_jobs_in_flight").set(0.0);
-    while !shutdown.is_cancelled() {
-        let started = Instant::now();
-        let result = consume(&ctx, &config, &shutdown, &mut errors)
-            .await
-            .unwrap_or_else(SessionEnd::LinkLost);
-        metrics::gauge!("cloudimg_broker_connected").set(0.0);
-        metrics::gauge!("cloudimg_worker_ready").set(0.0);
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-            pause.reset();
-        }
-        let delay = match result {
-            SessionEnd::Shutdown => break,
-            SessionEnd::LinkLost(e) => {
-                let delay = backoff.next_delay();
-                tracing::debug!(broker = %redact_url(&config.broker.url), "reconnecting");
-                errors.report(&e, delay, "worker: broker link down; reconnecting");
-                delay
-            }
-            SessionEnd::StoreDenied(reason) => {
-                let delay = pause.next_delay();
-                tracing::error!(
-                    %reason,
-                    store = %ctx.store.describe(),
-                    retry_in_s = delay.as_secs(),
-                    "the store refuses this worker (check its role, credentials and bucket): \
-                     not taking jobs; they stay in the queue"
-                );
-                delay
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => break,
-        }
-    }
+    let mut session = WorkerSession {
+        ctx,
+        config: &config,
+        shutdown: shutdown.clone(),
+        pause: Backoff::new(Duration::from_secs(5), Duration::from_secs(60)),
+    };
+    link::supervise(&config.broker, "cloudimg-worker", &shutdown, &mut session).await;
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// One connection's life: set up, consume until shutdown (drained), link loss or a store that
-/// refuses the worker (the jobs held go back to the broker). A setup error is a lost link too.
-async fn consume(
-    ctx: &Arc<Context>,
+/// The worker's session on each connection the supervisor opens.
+struct WorkerSession<'a> {
+    ctx: Arc<Context>,
+    config: &'a Config,
+    shutdown: CancellationToken,
+    /// Paces the pauses while the store refuses the worker.
+    pause: Backoff,
+}
+
+impl link::Session for WorkerSession<'_> {
+    type Link = Consuming;
+
+    async fn setup(
+        &mut self,
+        connection: &Connection,
+    ) -> Result<Consuming, cloudimg_runtime::Error> {
+        open(&self.ctx, self.config, connection).await
+    }
+
+    async fn serve(&mut self, connection: &Connection, consuming: Consuming) -> SessionEnd {
+        consume(
+            &self.ctx,
+            self.config,
+            &self.shutdown,
+            &mut self.pause,
+            connection,
+            consuming,
+        )
+        .await
+    }
+}
+
+/// What the worker sets up on each connection.
+struct Consuming {
+    channel: Channel,
+    /// In confirm mode, for the poison jobs' dead letters.
+    dead_letters: Channel,
+    consumer: Consumer,
+}
+
+/// Declares the topology, sets the prefetch and starts consuming.
+async fn open(
+    ctx: &Context,
     config: &Config,
-    shutdown: &CancellationToken,
-    errors: &mut amqp::SetupErrorLog,
-) -> Result<SessionEnd, cloudimg_runtime::Error> {
-    let mut denied = ctx.readiness.watch();
-    let connection = amqp::connect(&config.broker, "cloudimg-worker").await?;
+    connection: &Connection,
+) -> Result<Consuming, cloudimg_runtime::Error> {
     let channel = connection.create_channel().await?;
     ctx.topology.declare(&channel).await?;
     channel
@@ -193,7 +189,7 @@ async fn consume(
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             ctx.topology.queue.as_str().into(),
             "".into(),
@@ -202,22 +198,54 @@ async fn consume(
         )
         .await?;
     tracing::info!(queue = %ctx.topology.queue, prefetch = config.concurrency, "worker consuming");
-    errors.reset();
-    metrics::gauge!("cloudimg_broker_connected").set(1.0);
+    Ok(Consuming {
+        channel,
+        dead_letters,
+        consumer,
+    })
+}
+
+/// One connection's life: consume until shutdown (drained), link loss or a store that refuses the
+/// worker (the jobs held go back to the broker, and consuming pauses for `pause`'s next delay).
+async fn consume(
+    ctx: &Arc<Context>,
+    config: &Config,
+    shutdown: &CancellationToken,
+    pause: &mut Backoff,
+    connection: &Connection,
+    consuming: Consuming,
+) -> SessionEnd {
+    let Consuming {
+        channel,
+        dead_letters,
+        mut consumer,
+    } = consuming;
+    let started = Instant::now();
+    let mut denied = ctx.readiness.watch();
     metrics::gauge!("cloudimg_worker_ready").set(1.0);
-    metrics::counter!("cloudimg_broker_connects_total").increment(1);
 
     let tracker = TaskTracker::new();
     let link = CancellationToken::new();
-    let link_lost = amqp::link_lost(&connection);
+    let link_lost = link::link_lost(connection);
     tokio::pin!(link_lost);
-    let lost = loop {
+    let ended = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break None,
+            _ = shutdown.cancelled() => break SessionEnd::Stopped,
             Ok(()) = denied.changed() => {
                 if let Some(reason) = denied.borrow_and_update().clone() {
-                    break Some(SessionEnd::StoreDenied(reason));
+                    if started.elapsed() > Duration::from_secs(30) {
+                        pause.reset();
+                    }
+                    let delay = pause.next_delay();
+                    tracing::error!(
+                        %reason,
+                        store = %ctx.store.describe(),
+                        retry_in_s = delay.as_secs(),
+                        "the store refuses this worker (check its role, credentials and bucket): \
+                         not taking jobs; they stay in the queue"
+                    );
+                    break SessionEnd::Pause(delay);
                 }
             }
             next = consumer.next() => match next {
@@ -230,60 +258,47 @@ async fn consume(
                         shutdown.clone(),
                     ));
                 }
-                Some(Err(e)) => break Some(lost(e.to_string())),
-                None => break Some(lost("the consumer was cancelled".to_owned())),
+                Some(Err(e)) => break lost(e.to_string()),
+                None => break lost("the consumer was cancelled".to_owned()),
             },
-            _ = &mut link_lost => break Some(lost("connection lost".to_owned())),
+            _ = &mut link_lost => break lost("connection lost".to_owned()),
         }
     };
-    match lost {
-        None => {
-            // Drain: no new deliveries; finish and ack what we hold. Deliveries prefetched but not
-            // started are released when the channel closes, and the broker requeues them.
-            let _ = channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await;
-            tracker.close();
-            let drain = config.service.drain;
-            tracing::info!(
-                held = tracker.len(),
+    metrics::gauge!("cloudimg_worker_ready").set(0.0);
+    if let SessionEnd::Stopped = ended {
+        // Drain: no new deliveries; finish and ack what we hold. Deliveries prefetched but not
+        // started are released when the channel closes, and the broker requeues them.
+        let _ = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        tracker.close();
+        let drain = config.service.drain;
+        tracing::info!(
+            held = tracker.len(),
+            drain_seconds = drain.as_secs(),
+            "shutdown: consumer cancelled; finishing the jobs held"
+        );
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            // Unacked deliveries go back to the queue when the connection closes: another
+            // worker does them. Nothing is lost; at worst a result is written twice.
+            tracing::warn!(
+                still_held = tracker.len(),
                 drain_seconds = drain.as_secs(),
-                "shutdown: consumer cancelled; finishing the jobs held"
+                "drain timed out: closing the link; the broker requeues what is still held"
             );
-            if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-                // Unacked deliveries go back to the queue when the connection closes: another
-                // worker does them. Nothing is lost; at worst a result is written twice.
-                tracing::warn!(
-                    still_held = tracker.len(),
-                    drain_seconds = drain.as_secs(),
-                    "drain timed out: closing the link; the broker requeues what is still held"
-                );
-                link.cancel();
-            }
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                connection.close(200, "cloudimg worker shutting down".into()),
-            )
-            .await;
-            Ok(SessionEnd::Shutdown)
-        }
-        Some(ended) => {
-            // Link lost: the jobs in flight can no longer be acked on it, and the broker redelivers
-            // them. Store denied: they stop retrying and are handed back (nacked with requeue).
             link.cancel();
-            tracker.close();
-            tracker.wait().await;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                connection.close(200, "cloudimg worker reconnecting".into()),
-            )
-            .await;
-            Ok(ended)
         }
+    } else {
+        // Link lost: the jobs in flight can no longer be acked on it, and the broker redelivers
+        // them. Store denied: they stop retrying and are handed back (nacked with requeue).
+        link.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
+    ended
 }
 
 /// The broker link failed while consuming, for `reason`.
 fn lost(reason: String) -> SessionEnd {
-    SessionEnd::LinkLost(cloudimg_runtime::Error::LinkLost(reason))
+    SessionEnd::Lost(cloudimg_runtime::Error::LinkLost(reason))
 }

@@ -284,7 +284,7 @@ async fn amqps_end_to_end_through_a_tls_terminating_proxy() {
     }
     let untrusted = tokio::time::timeout(
         Duration::from_secs(10),
-        cloudimg_runtime::amqp::connect(&BrokerSettings::new(&amqps, "x"), "cloudimg-test"),
+        cloudimg_runtime::link::connect(&BrokerSettings::new(&amqps, "x"), "cloudimg-test"),
     )
     .await;
     if matches!(untrusted, Ok(Ok(_))) {
@@ -292,7 +292,7 @@ async fn amqps_end_to_end_through_a_tls_terminating_proxy() {
     }
     let mut trusted = BrokerSettings::new(&amqps, "x");
     trusted.ca_pem = Some(ca_pem);
-    match cloudimg_runtime::amqp::connect(&trusted, "cloudimg-test").await {
+    match cloudimg_runtime::link::connect(&trusted, "cloudimg-test").await {
         Ok(c) => {
             let _ = c.close(200, "bye".into()).await;
         }
