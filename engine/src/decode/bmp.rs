@@ -316,7 +316,7 @@ impl BmpHeader {
                         break;
                     }
                     x += usize::from(literal);
-                    if pos % 2 != 0 {
+                    if !pos.is_multiple_of(2) {
                         src = src.get(1..).unwrap_or_default();
                         pos += 1;
                     }
