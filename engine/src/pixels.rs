@@ -60,14 +60,29 @@ impl GrayPalette {
 
     /// The planes of `width * height` indices: luma and alpha, or luma over white when
     /// `flatten_alpha` (or when no entry is transparent).
-    pub fn planes(&self, indices: &[u8], width: usize, height: usize, flatten_alpha: bool) -> GrayImage {
+    pub fn planes(
+        &self,
+        indices: &[u8],
+        width: usize,
+        height: usize,
+        flatten_alpha: bool,
+    ) -> GrayImage {
         let keep_alpha = self.has_alpha && !flatten_alpha;
-        let table = if keep_alpha { &self.luma } else { &self.over_white };
+        let table = if keep_alpha {
+            &self.luma
+        } else {
+            &self.over_white
+        };
         GrayImage {
             width,
             height,
             luma: indices.iter().map(|&i| table[usize::from(i)]).collect(),
-            alpha: keep_alpha.then(|| indices.iter().map(|&i| self.alpha[usize::from(i)]).collect()),
+            alpha: keep_alpha.then(|| {
+                indices
+                    .iter()
+                    .map(|&i| self.alpha[usize::from(i)])
+                    .collect()
+            }),
         }
     }
 }

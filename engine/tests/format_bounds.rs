@@ -18,16 +18,38 @@ const REFUSAL_BYTES: u64 = 64 << 10;
 #[test]
 fn a_header_bomb_in_every_format_is_refused_before_allocating() {
     let bombs = [
-        ("BMP 60000x60000", cloudimg_hostile::bmp_declaring(60_000, 60_000), Format::Bmp),
-        ("GIF 65535x65535", cloudimg_hostile::gif_declaring(65_535, 65_535), Format::Gif),
-        ("WebP 16384x16384", cloudimg_hostile::webp_declaring(16_384, 16_384), Format::WebP),
-        ("ICO holding a PNG of 50000x50000", cloudimg_hostile::ico_declaring(50_000, 50_000), Format::Ico),
+        (
+            "BMP 60000x60000",
+            cloudimg_hostile::bmp_declaring(60_000, 60_000),
+            Format::Bmp,
+        ),
+        (
+            "GIF 65535x65535",
+            cloudimg_hostile::gif_declaring(65_535, 65_535),
+            Format::Gif,
+        ),
+        (
+            "WebP 16384x16384",
+            cloudimg_hostile::webp_declaring(16_384, 16_384),
+            Format::WebP,
+        ),
+        (
+            "ICO holding a PNG of 50000x50000",
+            cloudimg_hostile::ico_declaring(50_000, 50_000),
+            Format::Ico,
+        ),
     ];
     for (name, data, format) in bombs {
         assert_eq!(sniff(&data).expect(name), format, "{name}");
         for (how, options) in [
             ("jpeg", Options::default()),
-            ("png", Options { format: OutputFormat::Png, ..Options::default() }),
+            (
+                "png",
+                Options {
+                    format: OutputFormat::Png,
+                    ..Options::default()
+                },
+            ),
         ] {
             let (result, peak) = peak_during(|| cloudimg_engine::convert(&data, &options));
             let err = result.expect_err(name);
@@ -41,14 +63,31 @@ fn a_header_bomb_in_every_format_is_refused_before_allocating() {
                 ),
                 "{name} ({how}): {err}"
             );
-            assert!(peak < REFUSAL_BYTES, "{name} ({how}): refusing allocated {peak} bytes");
+            assert!(
+                peak < REFUSAL_BYTES,
+                "{name} ({how}): refusing allocated {peak} bytes"
+            );
         }
         let (probed, peak) = peak_during(|| probe(&data, &Options::default().limits));
-        assert_eq!(probed.expect_err(name).kind(), ErrorKind::OverLimit, "{name}");
-        assert!(peak < REFUSAL_BYTES, "{name}: probing allocated {peak} bytes");
+        assert_eq!(
+            probed.expect_err(name).kind(),
+            ErrorKind::OverLimit,
+            "{name}"
+        );
+        assert!(
+            peak < REFUSAL_BYTES,
+            "{name}: probing allocated {peak} bytes"
+        );
         let (estimated, peak) = peak_during(|| estimate(&data, &Options::default()));
-        assert_eq!(estimated.expect_err(name).kind(), ErrorKind::OverLimit, "{name}");
-        assert!(peak < REFUSAL_BYTES, "{name}: estimating allocated {peak} bytes");
+        assert_eq!(
+            estimated.expect_err(name).kind(),
+            ErrorKind::OverLimit,
+            "{name}"
+        );
+        assert!(
+            peak < REFUSAL_BYTES,
+            "{name}: estimating allocated {peak} bytes"
+        );
     }
 }
 

@@ -68,7 +68,10 @@ fn check(entry: &Entry, data: &[u8], reference: Option<&Reference>) -> Result<Ou
         .map_err(|_| "PANICKED".to_string())?;
     let converted = match (entry.expect.as_str(), result) {
         ("reject", Ok(c)) => {
-            return Err(format!("accepted a file marked reject ({}x{})", c.width, c.height));
+            return Err(format!(
+                "accepted a file marked reject ({}x{})",
+                c.width, c.height
+            ));
         }
         ("reject", Err(e)) => {
             if e.kind() == ErrorKind::Internal || e.to_string().len() < 20 {
@@ -158,7 +161,10 @@ fn every_format_entry_behaves_as_pillow() {
             Ok(r) => {
                 by_path.insert(&entry.path, r);
             }
-            Err(e) => failures.push(format!("{}: Pillow cannot open a file marked ok: {e}", entry.path)),
+            Err(e) => failures.push(format!(
+                "{}: Pillow cannot open a file marked ok: {e}",
+                entry.path
+            )),
         }
     }
     let pool = Pool::new(0).expect("pool");
@@ -182,16 +188,27 @@ fn every_format_entry_behaves_as_pillow() {
             }
         }
     }
-    println!("{:<6} {:<16} {:>5} {:>8} {:>8}", "format", "expect", "files", "min dB", "mean dB");
+    println!(
+        "{:<6} {:<16} {:>5} {:>8} {:>8}",
+        "format", "expect", "files", "min dB", "mean dB"
+    );
     for ((format, expect), dbs) in &table {
         let finite: Vec<f64> = dbs.iter().copied().filter(|d| d.is_finite()).collect();
         if finite.is_empty() {
-            println!("{format:<6} {expect:<16} {:>5} {:>8} {:>8}", dbs.len(), "-", "-");
+            println!(
+                "{format:<6} {expect:<16} {:>5} {:>8} {:>8}",
+                dbs.len(),
+                "-",
+                "-"
+            );
             continue;
         }
         let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
         let mean = finite.iter().sum::<f64>() / finite.len() as f64;
-        println!("{format:<6} {expect:<16} {:>5} {min:>8.2} {mean:>8.2}", dbs.len());
+        println!(
+            "{format:<6} {expect:<16} {:>5} {min:>8.2} {mean:>8.2}",
+            dbs.len()
+        );
     }
     assert!(
         failures.is_empty(),

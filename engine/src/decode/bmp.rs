@@ -144,7 +144,9 @@ fn read_dib(
             Pixels::Masked(masks)
         }
         (RAW | BITFIELDS, _) => {
-            return Err(Error::unsupported(format!("BMP pixel depth of {bits} bits")));
+            return Err(Error::unsupported(format!(
+                "BMP pixel depth of {bits} bits"
+            )));
         }
         (RLE8 | RLE4, _) => {
             return Err(invalid(format!(
@@ -158,7 +160,9 @@ fn read_dib(
         }
     };
     if width <= 0 || height == 0 || height == i32::MIN {
-        return Err(invalid(format!("the header declares {width}x{height} pixels")));
+        return Err(invalid(format!(
+            "the header declares {width}x{height} pixels"
+        )));
     }
     let top_down = height < 0;
     let mut height = height.unsigned_abs();
@@ -393,7 +397,8 @@ impl Source for BmpHeader {
                         hi -= 1;
                     }
                 }
-                self.gray_palette(data).planes(&indices, width, height, true)
+                self.gray_palette(data)
+                    .planes(&indices, width, height, true)
             }
             Pixels::Indexed => {
                 let palette = self.gray_palette(data);
@@ -452,7 +457,11 @@ impl Source for BmpHeader {
             }
             // The planes and one row of samples.
             Pixels::Masked(masks) => {
-                let planes = if masks[3] != 0 && !flatten_alpha { 2 } else { 1 };
+                let planes = if masks[3] != 0 && !flatten_alpha {
+                    2
+                } else {
+                    1
+                };
                 heap.alloc(planes * pixels + row);
                 heap.free(row);
             }

@@ -172,7 +172,9 @@ impl Source for GifHeader {
         let [left, top, frame_w, frame_h] = self.frame.map(u64::from);
         // The canvas, the frame apart from it unless it is the whole canvas, then the planes.
         heap.alloc(pixels);
-        let frame = if (left, top, frame_w, frame_h) == (0, 0, u64::from(self.width), u64::from(self.height)) {
+        let frame = if (left, top, frame_w, frame_h)
+            == (0, 0, u64::from(self.width), u64::from(self.height))
+        {
             0
         } else {
             frame_w * frame_h

@@ -201,7 +201,13 @@ impl Source for PngHeader {
         }
     }
 
-    fn decode(&self, data: &[u8], limits: &Limits, _: &Cancel, flatten_alpha: bool) -> Result<GrayImage> {
+    fn decode(
+        &self,
+        data: &[u8],
+        limits: &Limits,
+        _: &Cancel,
+        flatten_alpha: bool,
+    ) -> Result<GrayImage> {
         decode(data, limits, flatten_alpha)
     }
 

@@ -45,9 +45,9 @@ fn status_error(status: webp::VP8StatusCode) -> Error {
     use webp::VP8StatusCode as S;
     match status {
         S::VP8_STATUS_NOT_ENOUGH_DATA => invalid("truncated: libwebp ran out of data"),
-        S::VP8_STATUS_UNSUPPORTED_FEATURE => {
-            Error::unsupported(format!("a WebP feature libwebp does not decode ({status:?})"))
-        }
+        S::VP8_STATUS_UNSUPPORTED_FEATURE => Error::unsupported(format!(
+            "a WebP feature libwebp does not decode ({status:?})"
+        )),
         S::VP8_STATUS_OUT_OF_MEMORY => Error::Internal("libwebp ran out of memory".into()),
         other => invalid(format!("libwebp: {other:?}")),
     }
@@ -79,7 +79,9 @@ pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<WebPHeader> {
     let features = unsafe { features.assume_init() };
     let (width, height) = (features.width as u32, features.height as u32);
     if features.width <= 0 || features.height <= 0 {
-        return Err(invalid(format!("the header declares {width}x{height} pixels")));
+        return Err(invalid(format!(
+            "the header declares {width}x{height} pixels"
+        )));
     }
     limits.check_dimensions(width, height)?;
     let mut orientation = Orientation::NORMAL;
@@ -116,7 +118,9 @@ fn config() -> Result<webp::WebPDecoderConfig> {
     let mut config = std::mem::MaybeUninit::<webp::WebPDecoderConfig>::zeroed();
     // SAFETY: WebPInitDecoderConfig initialises the whole struct (and checks the ABI version).
     if !unsafe { webp::WebPInitDecoderConfig(config.as_mut_ptr()) } {
-        return Err(Error::Internal("libwebp's decoder ABI does not match".into()));
+        return Err(Error::Internal(
+            "libwebp's decoder ABI does not match".into(),
+        ));
     }
     // SAFETY: initialised just above.
     Ok(unsafe { config.assume_init() })
@@ -166,7 +170,9 @@ fn first_frame(data: &[u8]) -> Result<FirstFrame<'_>> {
         )
     };
     if demux.is_null() {
-        return Err(invalid("the animation's chunks do not parse (libwebp's demuxer)"));
+        return Err(invalid(
+            "the animation's chunks do not parse (libwebp's demuxer)",
+        ));
     }
     let mut iter = std::mem::MaybeUninit::<webp::WebPIterator>::zeroed();
     // SAFETY: `demux` is a live demuxer; the iterator is written by the call and released
@@ -190,7 +196,8 @@ fn first_frame(data: &[u8]) -> Result<FirstFrame<'_>> {
         webp::WebPDemuxDelete(demux);
         frame
     };
-    let (range, x, y, width, height) = frame.ok_or_else(|| invalid("the animation has no frame"))?;
+    let (range, x, y, width, height) =
+        frame.ok_or_else(|| invalid("the animation has no frame"))?;
     Ok(FirstFrame {
         bitstream: &data[range],
         x,

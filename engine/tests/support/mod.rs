@@ -113,8 +113,8 @@ pub fn manifest(root: &Path) -> Vec<Entry> {
 
 /// The rows of `name`, a manifest with MANIFEST.tsv's columns (MANIFEST-formats.tsv).
 pub fn manifest_named(root: &Path, name: &str) -> Vec<Entry> {
-    let text = std::fs::read_to_string(root.join(name))
-        .unwrap_or_else(|e| panic!("read {name}: {e}"));
+    let text =
+        std::fs::read_to_string(root.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
     let col = |name: &str| {

@@ -47,8 +47,7 @@ pub struct Collected {
 }
 
 /// What a report says about a skipped file.
-pub const SKIPPED_REASON: &str =
-    "not an image by its extension (jpg, jpeg, png, webp, avif, heic, heif, gif, tif, tiff, bmp, ico)";
+pub const SKIPPED_REASON: &str = "not an image by its extension (jpg, jpeg, png, webp, avif, heic, heif, gif, tif, tiff, bmp, ico)";
 
 /// Files are taken as given (whatever their extension: the engine sniffs the bytes); folders are
 /// walked recursively for files with an image extension, in sorted order so runs are
@@ -147,14 +146,21 @@ mod tests {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
         let collected = collect(std::slice::from_ref(&dir));
-        let found: Vec<_> = collected.inputs.iter().map(|i| i.out_stem.clone()).collect();
+        let found: Vec<_> = collected
+            .inputs
+            .iter()
+            .map(|i| i.out_stem.clone())
+            .collect();
         assert_eq!(found, [PathBuf::from("a"), PathBuf::from("sub/c")]);
         let skipped: Vec<_> = collected
             .skipped
             .iter()
             .map(|s| Path::new(s).strip_prefix(&dir).unwrap().to_path_buf())
             .collect();
-        assert_eq!(skipped, [PathBuf::from("b.txt"), PathBuf::from("sub/d.cur")]);
+        assert_eq!(
+            skipped,
+            [PathBuf::from("b.txt"), PathBuf::from("sub/d.cur")]
+        );
         assert!(collected.refused.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }

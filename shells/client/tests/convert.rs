@@ -160,7 +160,13 @@ fn folders_are_walked_recursively_keeping_relative_paths() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         files_under(&t.path("out")),
-        ["E.jpg", "a.jpg", "sub/c.jpg", "sub/d.jpg", "sub/deeper/B.jpg"]
+        [
+            "E.jpg",
+            "a.jpg",
+            "sub/c.jpg",
+            "sub/d.jpg",
+            "sub/deeper/B.jpg"
+        ]
     );
     assert_eq!(gray_size(&t.path("out/sub/deeper/B.jpg")), (16, 9));
     assert_eq!(gray_size(&t.path("out/E.jpg")), (5, 3));

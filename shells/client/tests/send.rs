@@ -33,7 +33,12 @@ fn an_unreachable_producer_fails_every_file_with_a_json_line_each() {
     let files: Vec<&str> = lines.iter().map(|v| v["file"].as_str().unwrap()).collect();
     assert_eq!(
         files,
-        ["folder/notes.txt", "folder/two.png", "nothere.jpg", "one.jpg"]
+        [
+            "folder/notes.txt",
+            "folder/two.png",
+            "nothere.jpg",
+            "one.jpg"
+        ]
     );
     // A file found in a folder that is not an image by its extension is reported skipped.
     let (skipped, lines) = lines.split_first().unwrap();

@@ -160,7 +160,10 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
     // One file of each format beyond JPEG and PNG, sent by name; their format is found from
     // their bytes by the producer's early check, its probe and the worker.
     for (path, displayed) in [
-        ("formats/made/webp/lossy_exif_orientation6.webp", (1600, 1200)),
+        (
+            "formats/made/webp/lossy_exif_orientation6.webp",
+            (1600, 1200),
+        ),
         ("formats/made/webp/lossless_alpha.webp", (1200, 800)),
         ("formats/made/gif/photo_palette.gif", (800, 533)),
         ("formats/made/bmp/rgb24.bmp", (1200, 800)),
