@@ -63,6 +63,12 @@ if ! command -v moto_server >/dev/null \
     hash -r
 fi
 
+# The formats conformance test's reference is pinned Pillow (what the old system ran).
+if [[ "$(python3 -c 'import PIL; print(PIL.__version__)' 2>/dev/null)" != 13.0.0 ]]; then
+    say "installing pillow==13.0.0"
+    python3 -m pip install -q 'pillow==13.0.0'
+fi
+
 run_dir=$(mktemp -d /tmp/cloudimg-test.XXXXXX)
 moto_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # Its own session, so cleanup stops the whole process group (wrappers such as pyenv shims included).

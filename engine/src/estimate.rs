@@ -10,10 +10,10 @@
 //! from a DRI before the first scan.
 //! `tests/memory.rs` holds every corpus file to `measured <= estimate <= 2 x measured + 1 MiB`.
 
+use crate::decode::Depth;
 use crate::jpeg::markers::{Coding, Frame};
-use crate::png::PngHeader;
 use crate::{
-    ConversionPath, Header, ImageInfo, Options, OutputFormat, Result, jpeg, read_header_with,
+    ConversionPath, Header, ImageInfo, Options, OutputFormat, Result, jpeg, read_header_at,
 };
 
 /// The heap a conversion of one input will use at its peak, and what it will be.
@@ -29,7 +29,7 @@ pub struct Estimate {
 /// Estimates the peak heap of `convert(data, options)` from the header, running the same limit
 /// checks as [`crate::convert`] (the scan count included) and allocating nothing for pixels.
 pub fn estimate(data: &[u8], options: &Options) -> Result<Estimate> {
-    let (source, header) = read_header_with(data, &options.limits, crate::png::read_layout)?;
+    let (source, header) = read_header_at(data, &options.limits, Depth::Layout)?;
     let (width, height) = (u64::from(source.width), u64::from(source.height));
     let mut heap = Heap::default();
     heap.alloc(FIXED);
@@ -44,9 +44,9 @@ pub fn estimate(data: &[u8], options: &Options) -> Result<Estimate> {
                 ConversionPath::Pixels
             }
         }
-        Header::Png(png) => {
+        Header::Pixels(decoder) => {
             let flatten = options.format == OutputFormat::Jpeg;
-            let alpha = png_pixels(&mut heap, &png, flatten);
+            let alpha = decoder.estimate(&mut heap, flatten);
             encode(&mut heap, &source, options, width * height, alpha);
             ConversionPath::Pixels
         }
@@ -62,20 +62,21 @@ pub fn estimate(data: &[u8], options: &Options) -> Result<Estimate> {
 /// encoder tables, small vectors.
 const FIXED: u64 = 256 << 10;
 
-/// The replayed heap: what is live, and the most that has been.
+/// The replayed heap: what is live, and the most that has been. Each format's
+/// [`crate::decode::Source::estimate`] replays its decode on it.
 #[derive(Default)]
-struct Heap {
+pub(crate) struct Heap {
     live: u64,
     peak: u64,
 }
 
 impl Heap {
-    fn alloc(&mut self, bytes: u64) {
+    pub fn alloc(&mut self, bytes: u64) {
         self.live += bytes;
         self.peak = self.peak.max(self.live);
     }
 
-    fn free(&mut self, bytes: u64) {
+    pub fn free(&mut self, bytes: u64) {
         self.live -= bytes;
     }
 }
@@ -156,42 +157,6 @@ fn jpeg_pixels(heap: &mut Heap, frame: &Frame, input: u64) -> u64 {
     pixels
 }
 
-/// The PNG decode through zune-png, then luma (and alpha where kept); returns whether alpha is
-/// kept.
-fn png_pixels(heap: &mut Heap, png: &PngHeader, flatten_alpha: bool) -> bool {
-    let (width, height) = (u64::from(png.width), u64::from(png.height));
-    let pixels = width * height;
-    let bytes = png.sample_bytes as u64;
-    let decoded = pixels * png.decoded_channels as u64 * bytes;
-    // zune-png's own sizing of the inflated data (one more pixel per row as the filter byte).
-    let inflated = (width + 1) * height * bytes * png.stored_channels as u64;
-    // The IDAT chunks are gathered in a doubling vector; the output exists before inflating.
-    let idat = 2 * png.idat_bytes as u64;
-    heap.alloc(idat + decoded + inflated);
-    if png.interlaced {
-        // Adam7: the passes are decoded apart and then spread into the output.
-        heap.alloc(decoded);
-        heap.free(decoded);
-    }
-    heap.free(idat + inflated);
-    let channels = png.decoded_channels as u64;
-    let mut samples = decoded;
-    if bytes == 2 {
-        heap.alloc(pixels * channels);
-        heap.free(decoded);
-        samples = pixels * channels;
-    }
-    let alpha = !flatten_alpha && matches!(channels, 2 | 4);
-    let planes = if alpha { 2 } else { 1 };
-    if channels == 1 {
-        // The samples are the luma.
-        return false;
-    }
-    heap.alloc(planes * pixels);
-    heap.free(samples);
-    alpha
-}
-
 /// The pixel path's end: turning upright (a copy of each plane), then encoding. `luma` is the
 /// bytes the luma plane holds (a cropped view of a padded plane holds the padding too).
 fn encode(heap: &mut Heap, source: &ImageInfo, options: &Options, luma: u64, alpha: bool) {
@@ -220,7 +185,7 @@ fn encode(heap: &mut Heap, source: &ImageInfo, options: &Options, luma: u64, alp
 }
 
 /// The capacity of a vector that starts at `start` and doubles until it holds `len`.
-fn grown(start: u64, len: u64) -> u64 {
+pub(crate) fn grown(start: u64, len: u64) -> u64 {
     let mut capacity = start.max(8);
     while capacity < len {
         capacity *= 2;

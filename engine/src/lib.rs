@@ -11,13 +11,15 @@
 //! ```
 //!
 //! Two paths, chosen per input:
-//! * **pixels** (PNG, CMYK/YCCK and RGB JPEGs, and anything [`PathChoice::Pixels`] forces):
-//!   decode, reduce to BT.601 luma, encode a one-channel JPEG (or PNG).
+//! * **pixels** (every other format, each behind the one decode interface of `decode`; CMYK/YCCK
+//!   and RGB JPEGs; anything [`PathChoice::Pixels`] forces): decode, reduce to BT.601 luma,
+//!   encode a one-channel JPEG (or PNG).
 //! * **coefficients** (Huffman-coded 8-bit gray and YCbCr JPEGs): the luma channel's DCT
 //!   coefficients go straight to the output without a pixel ever existing.
 
 pub mod batch;
 mod cancel;
+mod decode;
 mod error;
 mod estimate;
 mod jpeg;
@@ -25,7 +27,6 @@ mod luma;
 mod options;
 mod orientation;
 mod pixels;
-mod png;
 mod sniff;
 #[doc(hidden)]
 pub mod stages;
@@ -38,7 +39,7 @@ pub use estimate::{Estimate, estimate};
 pub use luma::SimdPath;
 pub use options::{Limits, Options, OutputFormat, PathChoice, Quality};
 pub use orientation::Orientation;
-pub use sniff::{Format, sniff};
+pub use sniff::{Format, SNIFF_BYTES, sniff};
 
 /// What a header says about an image, read without decoding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,22 +168,24 @@ pub fn simd_path() -> SimdPath {
     SimdPath::detect()
 }
 
-/// The parsed header of either format.
+/// The parsed header: JPEG, the fast special case, or any other format behind the decode
+/// interface.
 enum Header {
     Jpeg(jpeg::markers::Frame),
-    Png(png::PngHeader),
+    Pixels(Box<dyn decode::Source>),
 }
 
 fn read_header(data: &[u8], limits: &Limits) -> Result<(ImageInfo, Header)> {
-    read_header_with(data, limits, png::read_header)
+    read_header_at(data, limits, decode::Depth::Full)
 }
 
-/// [`read_header`] with the PNG reader to use: [`png::read_layout`] reads the chunks without
-/// handing the file to zune-png (which copies the compressed pixel data as it reads).
-fn read_header_with(
+/// [`read_header`] to the given depth: [`decode::Depth::Layout`] reads what the estimate needs
+/// without handing the file to a decoding library (zune-png copies the compressed data as it
+/// reads).
+fn read_header_at(
     data: &[u8],
     limits: &Limits,
-    read_png: fn(&[u8], &Limits) -> Result<png::PngHeader>,
+    depth: decode::Depth,
 ) -> Result<(ImageInfo, Header)> {
     limits.check_input_len(data.len())?;
     match sniff(data)? {
@@ -197,15 +200,16 @@ fn read_header_with(
             };
             Ok((info, Header::Jpeg(frame)))
         }
-        Format::Png => {
-            let header = read_png(data, limits)?;
+        format => {
+            let source = decode::read_header(format, data, limits, depth)?;
+            let geometry = source.geometry();
             let info = ImageInfo {
-                format: Format::Png,
-                width: header.width,
-                height: header.height,
-                orientation: header.orientation,
+                format,
+                width: geometry.width,
+                height: geometry.height,
+                orientation: geometry.orientation,
             };
-            Ok((info, Header::Png(header)))
+            Ok((info, Header::Pixels(source)))
         }
     }
 }
@@ -251,14 +255,15 @@ pub fn convert_cancellable(data: &[u8], options: &Options, cancel: &Cancel) -> R
             }
             jpeg::decode_pixels(data, &frame, &options.limits, cancel, &mut stages)?
         }
-        Header::Png(_) => {
+        Header::Pixels(source) => {
             let flatten_alpha = options.format == OutputFormat::Jpeg;
             stages.time(Stage::Decode, || {
-                png::decode(data, &options.limits, flatten_alpha)
+                source.decode(data, &options.limits, cancel, flatten_alpha)
             })?
         }
     };
-    // zune-png cannot be stopped inside its call: the flag is looked at on its way out.
+    // Most decoding libraries cannot be stopped inside their call: the flag is looked at on its
+    // way out.
     cancel.check()?;
     encode_pixels(image, source, options, cancel, stages)
 }

@@ -7,6 +7,24 @@ use crate::error::{Error, Result};
 pub enum Format {
     Jpeg,
     Png,
+    WebP,
+    Gif,
+    Bmp,
+    Ico,
+}
+
+impl Format {
+    /// The media type a sender would label this format with.
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::WebP => "image/webp",
+            Format::Gif => "image/gif",
+            Format::Bmp => "image/bmp",
+            Format::Ico => "image/vnd.microsoft.icon",
+        }
+    }
 }
 
 impl std::fmt::Display for Format {
@@ -14,23 +32,49 @@ impl std::fmt::Display for Format {
         f.write_str(match self {
             Format::Jpeg => "JPEG",
             Format::Png => "PNG",
+            Format::WebP => "WebP",
+            Format::Gif => "GIF",
+            Format::Bmp => "BMP",
+            Format::Ico => "ICO",
         })
     }
 }
 
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+pub(crate) const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The bytes [`sniff`] needs to recognise every format (a WebP's `WEBP` ends at byte 12). A
+/// shorter prefix of a longer file may be refused as unrecognised: callers sniffing a stream wait
+/// for this many bytes (or the whole file).
+pub const SNIFF_BYTES: usize = 12;
+
+/// Signatures, at their offsets, of the formats the engine converts. One table: [`sniff`] matches
+/// it, the error message lists it.
+const SIGNATURES: &[(&[u8], usize, Format)] = &[
+    // A JPEG starts with the SOI marker; whatever follows is the JPEG reader's to judge.
+    (&[0xFF, 0xD8], 0, Format::Jpeg),
+    (PNG_SIGNATURE, 0, Format::Png),
+    (b"WEBP", 8, Format::WebP),
+    (b"GIF87a", 0, Format::Gif),
+    (b"GIF89a", 0, Format::Gif),
+    // As Pillow: two bytes; the header size after them is the BMP reader's to judge.
+    (b"BM", 0, Format::Bmp),
+    // An ICONDIR: reserved 0, type 1 (icon). Cursors (type 2) are another format.
+    (&[0, 0, 1, 0], 0, Format::Ico),
+];
 
 /// Names the format of `data` from its signature. Cheap: shells call it to refuse non-images early.
 pub fn sniff(data: &[u8]) -> Result<Format> {
-    // A JPEG starts with the SOI marker; whatever follows is the JPEG reader's to judge.
-    if data.starts_with(&[0xFF, 0xD8]) {
-        return Ok(Format::Jpeg);
-    }
-    if data.starts_with(PNG_SIGNATURE) {
-        return Ok(Format::Png);
+    for (magic, offset, format) in SIGNATURES {
+        if data.get(*offset..offset + magic.len()) == Some(magic) {
+            // RIFF is the container a WebP lives in; WEBP at 8 alone could be anything.
+            if *format == Format::WebP && !data.starts_with(b"RIFF") {
+                continue;
+            }
+            return Ok(*format);
+        }
     }
     Err(Error::unsupported(format!(
-        "expected a JPEG (FF D8) or PNG signature, found {}",
+        "expected a JPEG, PNG, WebP, GIF, BMP or ICO signature, found {}",
         describe(data)
     )))
 }
@@ -38,23 +82,15 @@ pub fn sniff(data: &[u8]) -> Result<Format> {
 /// A human name for what the bytes look like, for error messages.
 fn describe(data: &[u8]) -> String {
     let known: &[(&[u8], usize, &str)] = &[
-        (b"GIF87a", 0, "a GIF image"),
-        (b"GIF89a", 0, "a GIF image"),
-        (b"BM", 0, "a BMP image"),
-        (b"WEBP", 8, "a WebP image"),
-        (b"II*\0", 0, "a TIFF image"),
-        (b"MM\0*", 0, "a TIFF image"),
         (b"ftypavif", 4, "an AVIF image"),
         (b"ftypheic", 4, "a HEIC image"),
         (b"ftypmif1", 4, "a HEIF image"),
         (b"\0\0\0\x0cjXL ", 0, "a JPEG XL image"),
         (&[0xFF, 0x0A], 0, "a JPEG XL image"),
+        (&[0, 0, 2, 0], 0, "a Windows cursor"),
         (b"%PDF", 0, "a PDF document"),
-        (
-            &[0xFF, 0xD8],
-            0,
-            "a JPEG start marker without a following marker",
-        ),
+        (b"II*\0", 0, "a TIFF image"),
+        (b"MM\0*", 0, "a TIFF image"),
     ];
     if data.is_empty() {
         return "an empty file".into();
@@ -74,19 +110,33 @@ mod tests {
 
     #[test]
     fn names_what_it_found() {
-        let err = sniff(b"GIF89a....").unwrap_err().to_string();
-        assert!(err.contains("GIF"), "{err}");
+        let err = sniff(b"\0\0\0\x1cftypavif").unwrap_err().to_string();
+        assert!(err.contains("AVIF"), "{err}");
         let err = sniff(b"").unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");
-        let err = sniff(b"RIFF\0\0\0\0WEBPVP8 ").unwrap_err().to_string();
-        assert!(err.contains("WebP"), "{err}");
         let err = sniff(b"hello").unwrap_err().to_string();
         assert!(err.contains("68 65 6C 6C 6F"), "{err}");
+        // WEBP at 8 without the RIFF container is not a WebP.
+        let err = sniff(b"XXXX\0\0\0\0WEBPVP8 ").unwrap_err().to_string();
+        assert!(err.contains("58 58 58 58"), "{err}");
     }
 
     #[test]
-    fn recognises_jpeg_and_png() {
-        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]).unwrap(), Format::Jpeg);
-        assert_eq!(sniff(PNG_SIGNATURE).unwrap(), Format::Png);
+    fn recognises_every_format_by_content() {
+        let cases: [(&[u8], Format); 8] = [
+            (&[0xFF, 0xD8, 0xFF, 0xE0], Format::Jpeg),
+            (PNG_SIGNATURE, Format::Png),
+            (b"RIFF\x10\0\0\0WEBPVP8 ", Format::WebP),
+            (b"GIF87a\x01\0", Format::Gif),
+            (b"GIF89a\x01\0", Format::Gif),
+            (b"BM\0\0\0\0", Format::Bmp),
+            (&[0, 0, 1, 0, 1, 0], Format::Ico),
+            (&[0xFF, 0xD8], Format::Jpeg),
+        ];
+        for (bytes, format) in cases {
+            assert_eq!(sniff(bytes).unwrap(), format, "{bytes:?}");
+        }
+        let err = sniff(&[0, 0, 2, 0, 1, 0]).unwrap_err().to_string();
+        assert!(err.contains("cursor"), "{err}");
     }
 }

@@ -6,7 +6,8 @@
 //!   decoder inflates while reading the header of a 1x1 image.
 //! * [`repeat_last_scan`]: a progressive JPEG repeating one scan thousands of times, each walking
 //!   the whole image.
-//! * [`png_declaring`], [`jpeg_declaring`]: headers that declare far more pixels than the file
+//! * [`png_declaring`], [`jpeg_declaring`], [`bmp_declaring`], [`gif_declaring`],
+//!   [`webp_declaring`], [`ico_declaring`]: headers that declare far more pixels than the file
 //!   holds.
 #![forbid(unsafe_code)]
 
@@ -179,6 +180,69 @@ pub fn png_declaring(width: u32, height: u32) -> Vec<u8> {
         &png_chunk(b"IEND", &[]),
     ]
     .concat()
+}
+
+/// A 24-bit BMP whose header declares `width` x `height` pixels (bottom-up) and holds 64 bytes of
+/// pixel data: a decoder that trusts the header allocates `3 * width * height` bytes.
+pub fn bmp_declaring(width: u32, height: u32) -> Vec<u8> {
+    let mut bmp = Vec::new();
+    bmp.extend_from_slice(b"BM");
+    bmp.extend_from_slice(&(54u32 + 64).to_le_bytes()); // file size
+    bmp.extend_from_slice(&[0; 4]);
+    bmp.extend_from_slice(&54u32.to_le_bytes()); // pixel data offset
+    bmp.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+    bmp.extend_from_slice(&width.to_le_bytes());
+    bmp.extend_from_slice(&height.to_le_bytes());
+    bmp.extend_from_slice(&1u16.to_le_bytes()); // planes
+    bmp.extend_from_slice(&24u16.to_le_bytes()); // bits
+    bmp.extend_from_slice(&[0; 24]); // no compression, sizes, resolution, colours
+    bmp.extend_from_slice(&[0x80; 64]);
+    bmp
+}
+
+/// A GIF whose logical screen and first frame are `width` x `height` (up to 65,535 each), with
+/// a few bytes of LZW data: a decoder that trusts the header allocates the screen.
+pub fn gif_declaring(width: u16, height: u16) -> Vec<u8> {
+    let mut gif = Vec::new();
+    gif.extend_from_slice(b"GIF89a");
+    gif.extend_from_slice(&width.to_le_bytes());
+    gif.extend_from_slice(&height.to_le_bytes());
+    gif.extend_from_slice(&[0x80, 0, 0]); // a global palette of two colours
+    gif.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+    gif.push(0x2C); // image descriptor
+    gif.extend_from_slice(&[0, 0, 0, 0]);
+    gif.extend_from_slice(&width.to_le_bytes());
+    gif.extend_from_slice(&height.to_le_bytes());
+    gif.push(0);
+    gif.extend_from_slice(&[2, 2, 0x4C, 0x01, 0, 0x3B]); // LZW: min code 2, one tiny block
+    gif
+}
+
+/// A lossless WebP whose VP8L header declares `width` x `height` (1 to 16,384 each), with no
+/// image data after it: a decoder that trusts the header allocates `4 * width * height` bytes.
+pub fn webp_declaring(width: u32, height: u32) -> Vec<u8> {
+    let bits = (width - 1) | ((height - 1) << 14);
+    let mut vp8l = vec![0x2F];
+    vp8l.extend_from_slice(&bits.to_le_bytes());
+    vp8l.extend_from_slice(&[0; 11]);
+    let mut webp = Vec::new();
+    webp.extend_from_slice(b"RIFF");
+    webp.extend_from_slice(&(4 + 8 + vp8l.len() as u32).to_le_bytes());
+    webp.extend_from_slice(b"WEBPVP8L");
+    webp.extend_from_slice(&(vp8l.len() as u32).to_le_bytes());
+    webp.extend_from_slice(&vp8l);
+    webp
+}
+
+/// An icon whose one entry is [`png_declaring`]`(width, height)`: the bomb inside a container.
+pub fn ico_declaring(width: u32, height: u32) -> Vec<u8> {
+    let png = png_declaring(width, height);
+    let mut ico = vec![0, 0, 1, 0, 1, 0];
+    ico.extend_from_slice(&[0, 0, 0, 0, 1, 0, 32, 0]); // 256x256, 32 bits
+    ico.extend_from_slice(&(png.len() as u32).to_le_bytes());
+    ico.extend_from_slice(&22u32.to_le_bytes()); // right after the directory
+    ico.extend_from_slice(&png);
+    ico
 }
 
 /// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)

@@ -6,8 +6,7 @@ mod avx2;
 mod portable;
 mod scalar;
 
-#[cfg(test)]
-use scalar::luma;
+pub(crate) use scalar::luma;
 pub(crate) use scalar::over_white;
 pub(crate) use scalar::rgb as scalar_rgb;
 

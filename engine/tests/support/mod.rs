@@ -5,6 +5,7 @@
 pub mod counting;
 pub mod fixtures;
 pub mod libjpeg;
+pub mod pillow;
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,8 @@ pub struct Entry {
     pub height: u32,
     pub details: String,
     pub expect: String,
+    /// The `format` column: `JPEG`, `PNG`, `WEBP`, `BMP`, ...
+    pub format: String,
 }
 
 impl Entry {
@@ -105,7 +108,13 @@ impl Entry {
 }
 
 pub fn manifest(root: &Path) -> Vec<Entry> {
-    let text = std::fs::read_to_string(root.join("MANIFEST.tsv")).expect("read MANIFEST.tsv");
+    manifest_named(root, "MANIFEST.tsv")
+}
+
+/// The rows of `name`, a manifest with MANIFEST.tsv's columns (MANIFEST-formats.tsv).
+pub fn manifest_named(root: &Path, name: &str) -> Vec<Entry> {
+    let text =
+        std::fs::read_to_string(root.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
     let col = |name: &str| {
@@ -114,12 +123,13 @@ pub fn manifest(root: &Path) -> Vec<Entry> {
             .position(|h| *h == name)
             .unwrap_or_else(|| panic!("no column {name}"))
     };
-    let (path, width, height, details, expect) = (
+    let (path, width, height, details, expect, format) = (
         col("path"),
         col("width"),
         col("height"),
         col("details"),
         col("expect"),
+        col("format"),
     );
     lines
         .filter(|l| !l.trim().is_empty())
@@ -131,6 +141,7 @@ pub fn manifest(root: &Path) -> Vec<Entry> {
                 height: f[height].parse().unwrap_or(0),
                 details: f[details].to_string(),
                 expect: f[expect].to_string(),
+                format: f[format].to_string(),
             }
         })
         .collect()

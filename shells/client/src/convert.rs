@@ -26,6 +26,16 @@ pub struct ConvertConfig {
 pub struct ConvertSummary {
     pub converted: usize,
     pub failed: Vec<Refused>,
+    /// Files found in folders that are not images by their extension.
+    pub skipped: Vec<String>,
+}
+
+impl ConvertSummary {
+    /// Whether the run succeeded: nothing failed and something was converted (a run that
+    /// converted none of what it was given has not done its job).
+    pub fn succeeded(&self) -> bool {
+        self.failed.is_empty() && self.converted > 0
+    }
 }
 
 struct Task {
@@ -38,9 +48,14 @@ struct Task {
 /// otherwise), each failure with its reason on stderr, and a summary.
 pub fn run(config: &ConvertConfig) -> std::io::Result<ConvertSummary> {
     let started = Instant::now();
-    let (found, refused) = inputs::collect(&config.paths);
+    let inputs::Collected {
+        inputs: found,
+        refused,
+        skipped,
+    } = inputs::collect(&config.paths);
     let mut summary = ConvertSummary {
         failed: refused,
+        skipped,
         ..Default::default()
     };
     // Output names are decided up front, in input order: the first input to claim a name keeps
@@ -104,8 +119,11 @@ pub fn run(config: &ConvertConfig) -> std::io::Result<ConvertSummary> {
     for f in &summary.failed {
         eprintln!("error: {}: {}", f.shown, f.reason);
     }
+    for shown in &summary.skipped {
+        eprintln!("skipped: {shown}: {}", inputs::SKIPPED_REASON);
+    }
     eprintln!(
-        "converted {} of {} images to {} in {:.1}s{}",
+        "converted {} of {} images to {} in {:.1}s{}{}",
         summary.converted,
         summary.converted + summary.failed.len(),
         config.out_dir.display(),
@@ -114,6 +132,14 @@ pub fn run(config: &ConvertConfig) -> std::io::Result<ConvertSummary> {
             String::new()
         } else {
             format!("; {} failed", summary.failed.len())
+        },
+        if summary.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} other files skipped (not images by extension)",
+                summary.skipped.len()
+            )
         }
     );
     Ok(summary)

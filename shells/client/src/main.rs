@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Convert(args) => match cloudimg_client::convert::run(&args.config()) {
-            Ok(summary) if summary.failed.is_empty() => ExitCode::SUCCESS,
+            Ok(summary) if summary.succeeded() => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -43,10 +43,10 @@ fn main() -> ExitCode {
                 });
                 cloudimg_client::send::run(config, shutdown).await
             });
-            if records.iter().any(|r| r.is_failure(waited)) {
-                ExitCode::FAILURE
-            } else {
+            if cloudimg_client::send::run_succeeded(&records, waited) {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
     }

@@ -56,7 +56,8 @@ pub struct Record {
     pub file: String,
     pub job_id: Option<String>,
     pub key: Option<String>,
-    /// `accepted`, `done` or `failed`.
+    /// `accepted`, `done`, `failed` or `skipped` (a file found in a folder that is not an
+    /// image by its extension).
     pub status: &'static str,
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,10 +76,30 @@ impl Record {
         }
     }
 
+    fn skipped(file: &str) -> Record {
+        Record {
+            file: file.to_owned(),
+            job_id: None,
+            key: None,
+            status: "skipped",
+            error: Some(inputs::SKIPPED_REASON.into()),
+            latency_ms: None,
+        }
+    }
+
     /// Failed, or still only accepted when the command waited.
     pub fn is_failure(&self, waited: bool) -> bool {
-        self.status == "failed" || (waited && self.status != "done")
+        self.status == "failed" || (waited && self.status == "accepted")
     }
+}
+
+/// Whether a run succeeded: no image failed, and at least one was sent (a run that sent none of
+/// what it was given, every file skipped or none found, has not done its job).
+pub fn run_succeeded(records: &[Record], waited: bool) -> bool {
+    !records.iter().any(|r| r.is_failure(waited))
+        && records
+            .iter()
+            .any(|r| matches!(r.status, "accepted" | "done"))
 }
 
 /// The seed's form `cloudimg send IMAGE HOST:PORT`: a last argument that is not an existing path
@@ -231,8 +252,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub async fn run(config: SendConfig, shutdown: CancellationToken) -> Vec<Record> {
     let started = Instant::now();
     let deadline = config.wait.map(|w| started + w);
-    let (found, refused) = inputs::collect(&config.paths);
-    let total = found.len() + refused.len();
+    let inputs::Collected {
+        inputs: found,
+        refused,
+        skipped,
+    } = inputs::collect(&config.paths);
+    let total = found.len() + refused.len() + skipped.len();
     let terminal = std::io::stderr().is_terminal();
     let bar = if terminal {
         let bar = ProgressBar::new(total as u64);
@@ -253,6 +278,9 @@ pub async fn run(config: SendConfig, shutdown: CancellationToken) -> Vec<Record>
     };
     for r in refused {
         report(Record::failed(&r.shown, r.reason));
+    }
+    for shown in &skipped {
+        report(Record::skipped(shown));
     }
 
     match connect(&config.producer, config.ca_pem.as_deref()).await {
@@ -495,11 +523,7 @@ fn file_chunks(
 }
 
 fn guess_content_type(data: &[u8]) -> &'static str {
-    match cloudimg_engine::sniff(data) {
-        Ok(cloudimg_engine::Format::Jpeg) => "image/jpeg",
-        Ok(cloudimg_engine::Format::Png) => "image/png",
-        Err(_) => "application/octet-stream",
-    }
+    cloudimg_engine::sniff(data).map_or("application/octet-stream", |f| f.mime_type())
 }
 
 fn print_record(record: &Record, json: bool, bar: &ProgressBar) {
@@ -528,12 +552,16 @@ fn summarize(records: &[Record], waited: bool, elapsed: Duration) {
     let count = |s: &str| records.iter().filter(|r| r.status == s).count();
     let failed = records.iter().filter(|r| r.is_failure(waited)).count();
     eprintln!(
-        "sent {} images in {:.1}s: {} accepted, {} done, {} failed",
-        records.len(),
+        "sent {} images in {:.1}s: {} accepted, {} done, {} failed{}",
+        records.len() - count("skipped"),
         elapsed.as_secs_f64(),
         count("accepted") + count("done"),
         count("done"),
-        failed
+        failed,
+        match count("skipped") {
+            0 => String::new(),
+            n => format!("; {n} other files skipped (not images by extension)"),
+        }
     );
 }
 

@@ -49,6 +49,27 @@ fn jpeg(width: u16, height: u16) -> Vec<u8> {
     out
 }
 
+/// The classic 1x1 GIF: one transparent pixel.
+const GIF_1X1: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
+
+/// A 24-bit bottom-up BMP of `width` x `height` gray pixels.
+fn bmp(width: u32, height: u32) -> Vec<u8> {
+    let stride = (width as usize * 3).div_ceil(4) * 4;
+    let size = 54 + stride * height as usize;
+    let mut out = b"BM".to_vec();
+    out.extend_from_slice(&(size as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&54u32.to_le_bytes());
+    out.extend_from_slice(&40u32.to_le_bytes());
+    out.extend_from_slice(&width.to_le_bytes());
+    out.extend_from_slice(&height.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&24u16.to_le_bytes());
+    out.extend_from_slice(&[0; 24]);
+    out.resize(size, 0x80);
+    out
+}
+
 fn cloudimg(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cloudimg"))
         .current_dir(dir)
@@ -132,18 +153,43 @@ fn folders_are_walked_recursively_keeping_relative_paths() {
     t.write("in/sub/deeper/B.JPG", &jpeg(16, 9));
     t.write("in/sub/c.jpeg", &jpeg(9, 16));
     t.write("in/notes.txt", b"not an image");
-    t.write("in/sub/d.gif", b"GIF89a");
+    t.write("in/sub/d.gif", GIF_1X1);
+    t.write("in/E.Bmp", &bmp(5, 3));
     let out = cloudimg(&t.0, &["convert", "--out", "out", "in"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert_eq!(
         files_under(&t.path("out")),
-        ["a.jpg", "sub/c.jpg", "sub/deeper/B.jpg"]
+        [
+            "E.jpg",
+            "a.jpg",
+            "sub/c.jpg",
+            "sub/d.jpg",
+            "sub/deeper/B.jpg"
+        ]
     );
     assert_eq!(gray_size(&t.path("out/sub/deeper/B.jpg")), (16, 9));
+    assert_eq!(gray_size(&t.path("out/E.jpg")), (5, 3));
+    // Every other file is reported, never silently ignored.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("skipped:") && l.contains("notes.txt")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 other files skipped"), "{stderr}");
+}
+
+#[test]
+fn a_run_that_converts_nothing_it_was_given_exits_1() {
+    let t = TempDir::new("none");
+    t.write("in/readme.txt", b"not an image");
+    t.write("in/data.csv", b"a,b");
+    let out = cloudimg(&t.0, &["convert", "--out", "out", "in"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("converted 0 of 0"), "{stderr}");
+    assert!(stderr.contains("2 other files skipped"), "{stderr}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ fn an_unreachable_producer_fails_every_file_with_a_json_line_each() {
     std::fs::create_dir_all(dir.join("folder")).unwrap();
     std::fs::write(dir.join("one.jpg"), b"\xff\xd8\xff").unwrap();
     std::fs::write(dir.join("folder/two.png"), b"\x89PNG").unwrap();
+    std::fs::write(dir.join("folder/notes.txt"), b"not an image").unwrap();
     // A port nothing listens on, in the seed's `IMAGE... HOST:PORT` form.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -30,8 +31,20 @@ fn an_unreachable_producer_fails_every_file_with_a_json_line_each() {
         .collect();
     lines.sort_by_key(|v| v["file"].as_str().unwrap().to_owned());
     let files: Vec<&str> = lines.iter().map(|v| v["file"].as_str().unwrap()).collect();
-    assert_eq!(files, ["folder/two.png", "nothere.jpg", "one.jpg"]);
-    for v in &lines {
+    assert_eq!(
+        files,
+        [
+            "folder/notes.txt",
+            "folder/two.png",
+            "nothere.jpg",
+            "one.jpg"
+        ]
+    );
+    // A file found in a folder that is not an image by its extension is reported skipped.
+    let (skipped, lines) = lines.split_first().unwrap();
+    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    assert!(skipped["job_id"].is_null() && skipped["key"].is_null());
+    for v in lines {
         assert_eq!(v["status"], "failed");
         assert!(v["job_id"].is_null() && v["key"].is_null());
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
@@ -98,4 +111,22 @@ fn a_token_is_never_sent_to_a_plain_http_producer_unless_tls_is_terminated_on_th
     let line: serde_json::Value =
         serde_json::from_slice(terminated.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(line["status"], "failed");
+}
+
+#[test]
+fn a_run_that_sends_nothing_it_was_given_exits_1() {
+    let dir = std::env::temp_dir().join(format!("cloudimg-send-none-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("readme.txt"), b"not an image").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudimg"))
+        .args(["send", "--json"])
+        .arg(&dir)
+        .arg("127.0.0.1:9")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(line["status"], "skipped");
 }

@@ -126,7 +126,7 @@ impl Inner {
                         )));
                     }
                     buf.extend(&chunk, max)?;
-                    if !sniffed && buf.len() >= 8 {
+                    if !sniffed && buf.len() >= cloudimg_engine::SNIFF_BYTES {
                         sniffed = true;
                         cloudimg_engine::sniff(&buf).map_err(engine_status)?;
                         // When the first chunk holds the header, a pixel bomb is refused now,
@@ -451,10 +451,7 @@ impl<'a> Paced<'a> {
 }
 
 fn info_mime(format: cloudimg_engine::Format) -> String {
-    match format {
-        cloudimg_engine::Format::Jpeg => "image/jpeg".into(),
-        cloudimg_engine::Format::Png => "image/png".into(),
-    }
+    format.mime_type().into()
 }
 
 /// Engine errors seen by the producer are the sender's: over a limit, or not an image we take.

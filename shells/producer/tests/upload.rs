@@ -187,7 +187,7 @@ async fn bad_uploads_are_refused_early_with_the_right_status() {
     // No broker is needed: every refusal happens before a publish.
     let queue = unique_queue("refusals");
     let mut p = Producer::start(config_without_broker(&queue)).await;
-    let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00".to_vec();
+    let pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n".to_vec();
     let big = jpeg(1200, 1000); // 1.2 MP: over the 1 MP pixel limit
     assert!(
         big.len() < 1 << 20,
@@ -201,7 +201,7 @@ async fn bad_uploads_are_refused_early_with_the_right_status() {
             vec![chunk(&jpeg(8, 8))],
             Code::InvalidArgument,
         ),
-        ("not an image", upload_of(&gif), Code::InvalidArgument),
+        ("not an image", upload_of(&pdf), Code::InvalidArgument),
         (
             "declared over the size limit",
             vec![metadata(2 << 20)],
@@ -220,6 +220,32 @@ async fn bad_uploads_are_refused_early_with_the_right_status() {
             "over the pixel limit",
             upload_of(&big),
             Code::ResourceExhausted,
+        ),
+        // Every format is recognised by content and its header checked by the engine's probe.
+        (
+            "a WebP over the pixel limit",
+            upload_of(&cloudimg_hostile::webp_declaring(1200, 1000)),
+            Code::ResourceExhausted,
+        ),
+        (
+            "a GIF over the pixel limit",
+            upload_of(&cloudimg_hostile::gif_declaring(1200, 1000)),
+            Code::ResourceExhausted,
+        ),
+        (
+            "a BMP over the pixel limit",
+            upload_of(&cloudimg_hostile::bmp_declaring(1200, 1000)),
+            Code::ResourceExhausted,
+        ),
+        (
+            "an ICO over the pixel limit",
+            upload_of(&cloudimg_hostile::ico_declaring(1200, 1000)),
+            Code::ResourceExhausted,
+        ),
+        (
+            "a truncated GIF",
+            upload_of(&cloudimg_hostile::gif_declaring(10, 10)[..20]),
+            Code::InvalidArgument,
         ),
         (
             "declared size differs from what was sent",

@@ -126,8 +126,9 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
     let queue = unique_queue("e2e");
     let fixtures = TempDir::new("e2e");
 
-    // What we send: the bench folder as a folder, every `ok` conformance file by name, and a JPEG
-    // over 4 MiB made here (staged: the producer stages above 4 MiB in this test).
+    // What we send: the bench folder as a folder, every `ok` conformance file by name, a file of
+    // each other format, and a JPEG over 4 MiB made here (staged: the producer stages above
+    // 4 MiB in this test).
     let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
     let mut paths = vec![corpus.join("bench")];
     for row in &rows {
@@ -155,6 +156,29 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
                 },
             );
         }
+    }
+    // One file of each format beyond JPEG and PNG, sent by name; their format is found from
+    // their bytes by the producer's early check, its probe and the worker.
+    for (path, displayed) in [
+        (
+            "formats/made/webp/lossy_exif_orientation6.webp",
+            (1600, 1200),
+        ),
+        ("formats/made/webp/lossless_alpha.webp", (1200, 800)),
+        ("formats/made/gif/photo_palette.gif", (800, 533)),
+        ("formats/made/bmp/rgb24.bmp", (1200, 800)),
+        ("formats/imagers/ico/images/bmp-24bpp-mask.ico", (32, 32)),
+    ] {
+        let path = corpus.join(path);
+        let source_name = path.file_name().unwrap().to_string_lossy().into_owned();
+        paths.push(path.clone());
+        expected.insert(
+            path.display().to_string(),
+            Expected {
+                displayed,
+                source_name,
+            },
+        );
     }
     let large = fixtures.0.join("large.jpg");
     let large_jpeg = fixture_jpeg(2000, 1500, 7, 255, 97);

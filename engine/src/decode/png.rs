@@ -1,8 +1,10 @@
 //! PNG sources: zune-png decodes, then every colour type and depth becomes 8-bit luma.
 
+use super::{Depth, Geometry, Source};
 use crate::error::{Error, LimitKind, Result};
-use crate::pixels::GrayImage;
-use crate::{Format, Limits, Orientation, luma};
+use crate::estimate::Heap;
+use crate::pixels::{GrayImage, Layout};
+use crate::{Cancel, Format, Limits, Orientation};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
@@ -179,13 +181,70 @@ pub(crate) fn read_layout(data: &[u8], limits: &Limits) -> Result<PngHeader> {
     })
 }
 
-/// [`read_layout`], and zune-png's reading of every chunk before the pixels, so that a file it
-/// would refuse is refused here.
-pub(crate) fn read_header(data: &[u8], limits: &Limits) -> Result<PngHeader> {
+/// [`read_layout`], and at [`Depth::Full`] zune-png's reading of every chunk before the pixels,
+/// so that a file it would refuse is refused here.
+pub(crate) fn read_header(data: &[u8], limits: &Limits, depth: Depth) -> Result<PngHeader> {
     let header = read_layout(data, limits)?;
-    let mut decoder = PngDecoder::new_with_options(ZCursor::new(data), options(limits));
-    decoder.decode_headers().map_err(invalid)?;
+    if depth == Depth::Full {
+        let mut decoder = PngDecoder::new_with_options(ZCursor::new(data), options(limits));
+        decoder.decode_headers().map_err(invalid)?;
+    }
     Ok(header)
+}
+
+impl Source for PngHeader {
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            width: self.width,
+            height: self.height,
+            orientation: self.orientation,
+        }
+    }
+
+    fn decode(
+        &self,
+        data: &[u8],
+        limits: &Limits,
+        _: &Cancel,
+        flatten_alpha: bool,
+    ) -> Result<GrayImage> {
+        decode(data, limits, flatten_alpha)
+    }
+
+    /// The decode through zune-png, then luma (and alpha where kept).
+    fn estimate(&self, heap: &mut Heap, flatten_alpha: bool) -> bool {
+        let (width, height) = (u64::from(self.width), u64::from(self.height));
+        let pixels = width * height;
+        let bytes = self.sample_bytes as u64;
+        let decoded = pixels * self.decoded_channels as u64 * bytes;
+        // zune-png's own sizing of the inflated data (one more pixel per row as the filter byte).
+        let inflated = (width + 1) * height * bytes * self.stored_channels as u64;
+        // The IDAT chunks are gathered in a doubling vector; the output exists before inflating.
+        let idat = 2 * self.idat_bytes as u64;
+        heap.alloc(idat + decoded + inflated);
+        if self.interlaced {
+            // Adam7: the passes are decoded apart and then spread into the output.
+            heap.alloc(decoded);
+            heap.free(decoded);
+        }
+        heap.free(idat + inflated);
+        let channels = self.decoded_channels as u64;
+        let mut samples = decoded;
+        if bytes == 2 {
+            heap.alloc(pixels * channels);
+            heap.free(decoded);
+            samples = pixels * channels;
+        }
+        let alpha = !flatten_alpha && matches!(channels, 2 | 4);
+        let planes = if alpha { 2 } else { 1 };
+        if channels == 1 {
+            // The samples are the luma.
+            return false;
+        }
+        heap.alloc(planes * pixels);
+        heap.free(samples);
+        alpha
+    }
 }
 
 /// Decodes to 8-bit luma (and alpha, unless `flatten_alpha` composites it over white).
@@ -213,48 +272,12 @@ pub(crate) fn decode(data: &[u8], limits: &Limits, flatten_alpha: bool) -> Resul
             ));
         }
     };
-    let channels = colorspace.num_components();
-    if samples.len() != width * height * channels {
-        return Err(Error::invalid(
-            Format::Png,
-            format!(
-                "expected {} samples for {width}x{height}x{channels}, decoded {}",
-                width * height * channels,
-                samples.len()
-            ),
-        ));
-    }
-    // Each plane is allocated as it is filled: never a zeroed one that is then replaced.
-    let plane = |f: &dyn Fn(&[u8], &mut [u8])| {
-        let mut out = vec![0; width * height];
-        f(&samples, &mut out);
-        out
-    };
-    let (luma, alpha) = match colorspace {
-        ColorSpace::Luma => (samples, None),
-        ColorSpace::LumaA => {
-            let pairs = samples.chunks_exact(2);
-            if flatten_alpha {
-                (pairs.map(|p| luma::over_white(p[0], p[1])).collect(), None)
-            } else {
-                (
-                    pairs.clone().map(|p| p[0]).collect(),
-                    Some(pairs.map(|p| p[1]).collect()),
-                )
-            }
-        }
-        ColorSpace::RGB => (plane(&luma::rgb), None),
-        ColorSpace::RGBA if flatten_alpha => (plane(&luma::rgba_over_white), None),
-        ColorSpace::RGBA => (
-            plane(&luma::rgba),
-            Some(samples.chunks_exact(4).map(|p| p[3]).collect()),
-        ),
+    let layout = match colorspace {
+        ColorSpace::Luma => Layout::Gray,
+        ColorSpace::LumaA => Layout::GrayAlpha,
+        ColorSpace::RGB => Layout::Rgb,
+        ColorSpace::RGBA => Layout::Rgba,
         other => return Err(Error::unsupported(format!("PNG colour space {other:?}"))),
     };
-    Ok(GrayImage {
-        width,
-        height,
-        luma,
-        alpha,
-    })
+    GrayImage::from_samples(Format::Png, samples, layout, width, height, flatten_alpha)
 }

@@ -1,0 +1,152 @@
+//! The rules JPEG and PNG follow, held for every other format: a header bomb is refused from the
+//! header before any pixel buffer exists, a truncated file is an error (never a half-gray image),
+//! and the shells' early check (`probe`) takes every format by content.
+
+mod support;
+
+use cloudimg_engine::{
+    ErrorKind, Format, LimitKind, Options, OutputFormat, estimate, probe, sniff,
+};
+use support::counting::{Counting, peak_during};
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The most refusing a bomb may allocate: the header's bookkeeping, nothing image-sized.
+const REFUSAL_BYTES: u64 = 64 << 10;
+
+#[test]
+fn a_header_bomb_in_every_format_is_refused_before_allocating() {
+    let bombs = [
+        (
+            "BMP 60000x60000",
+            cloudimg_hostile::bmp_declaring(60_000, 60_000),
+            Format::Bmp,
+        ),
+        (
+            "GIF 65535x65535",
+            cloudimg_hostile::gif_declaring(65_535, 65_535),
+            Format::Gif,
+        ),
+        (
+            "WebP 16384x16384",
+            cloudimg_hostile::webp_declaring(16_384, 16_384),
+            Format::WebP,
+        ),
+        (
+            "ICO holding a PNG of 50000x50000",
+            cloudimg_hostile::ico_declaring(50_000, 50_000),
+            Format::Ico,
+        ),
+    ];
+    for (name, data, format) in bombs {
+        assert_eq!(sniff(&data).expect(name), format, "{name}");
+        for (how, options) in [
+            ("jpeg", Options::default()),
+            (
+                "png",
+                Options {
+                    format: OutputFormat::Png,
+                    ..Options::default()
+                },
+            ),
+        ] {
+            let (result, peak) = peak_during(|| cloudimg_engine::convert(&data, &options));
+            let err = result.expect_err(name);
+            assert!(
+                matches!(
+                    err,
+                    cloudimg_engine::Error::OverLimit {
+                        limit: LimitKind::Pixels,
+                        ..
+                    }
+                ),
+                "{name} ({how}): {err}"
+            );
+            assert!(
+                peak < REFUSAL_BYTES,
+                "{name} ({how}): refusing allocated {peak} bytes"
+            );
+        }
+        let (probed, peak) = peak_during(|| probe(&data, &Options::default().limits));
+        assert_eq!(
+            probed.expect_err(name).kind(),
+            ErrorKind::OverLimit,
+            "{name}"
+        );
+        assert!(
+            peak < REFUSAL_BYTES,
+            "{name}: probing allocated {peak} bytes"
+        );
+        let (estimated, peak) = peak_during(|| estimate(&data, &Options::default()));
+        assert_eq!(
+            estimated.expect_err(name).kind(),
+            ErrorKind::OverLimit,
+            "{name}"
+        );
+        assert!(
+            peak < REFUSAL_BYTES,
+            "{name}: estimating allocated {peak} bytes"
+        );
+    }
+}
+
+#[test]
+fn a_bomb_under_the_limit_is_still_a_valid_header() {
+    // The same headers at a size the limits allow are read (and then refused as truncated or
+    // corrupt, not as over a limit): the bombs above are refused for their size alone.
+    for (name, data) in [
+        ("BMP", cloudimg_hostile::bmp_declaring(100, 100)),
+        ("GIF", cloudimg_hostile::gif_declaring(100, 100)),
+        ("WebP", cloudimg_hostile::webp_declaring(100, 100)),
+        ("ICO", cloudimg_hostile::ico_declaring(100, 100)),
+    ] {
+        let err = cloudimg_engine::convert(&data, &Options::default()).expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{name}: {err}");
+    }
+}
+
+/// A file of every format, from the corpus, that must refuse every truncation of itself.
+const WHOLE_FILES: &[&str] = &[
+    "formats/made/bmp/rgb24.bmp",
+    "formats/made/bmp/pal8_rle.bmp",
+    "formats/made/bmp/pal4.bmp",
+    "formats/made/gif/photo_palette.gif",
+    "formats/made/gif/interlaced.gif",
+    "formats/made/webp/lossy_q80.webp",
+    "formats/made/webp/lossless.webp",
+    "formats/made/webp/lossy_alpha.webp",
+    "formats/made/webp/animated_2_frames.webp",
+    "formats/imagers/ico/images/bmp-24bpp-mask.ico",
+    "formats/imagers/ico/images/png-32bpp-alpha.ico",
+];
+
+#[test]
+fn every_truncation_of_every_format_is_an_error() {
+    let Some(root) = support::corpus() else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for path in WHOLE_FILES {
+        let data = std::fs::read(root.join(path)).expect("read a corpus file");
+        let info = probe(&data, &Options::default().limits).expect(path);
+        cloudimg_engine::convert(&data, &Options::default()).expect(path);
+        for eighth in 1..8 {
+            let cut = data.len() * eighth / 8;
+            match cloudimg_engine::convert(&data[..cut], &Options::default()) {
+                Ok(c) => failures.push(format!(
+                    "{path} ({}) cut to {cut} of {} bytes converted to {}x{}",
+                    info.format,
+                    data.len(),
+                    c.width,
+                    c.height
+                )),
+                Err(e) if e.kind() != ErrorKind::Invalid => failures.push(format!(
+                    "{path} cut to {cut} bytes: {e} (expected an invalid-input error)"
+                )),
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

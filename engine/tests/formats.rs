@@ -1,0 +1,219 @@
+//! The formats beyond JPEG and PNG against the old system: every row of MANIFEST-formats.tsv in a
+//! format the engine reads does what its `expect` column says, and every `ok` file converts to
+//! what pinned Pillow shows (`support/pillow_ref.py`: first frame, EXIF orientation applied,
+//! alpha over white, BT.601 luma):
+//!
+//! * the displayed size is Pillow's;
+//! * the JPEG output's luma PSNR is at least [`MIN_DB`] and at least that of Pillow's own
+//!   `convert("L")` JPEG at the same quality, less [`PILLOW_SLACK_DB`];
+//! * a lossless source (BMP, GIF, ICO, lossless WebP) converted with `--format png` is Pillow's
+//!   luma within ±1 (alpha, kept in the PNG, composited over white to compare).
+//!
+//! `reject` files are refused with an error that names the format or the problem; `either`
+//! files end, converted or refused, without a panic.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use cloudimg_engine::batch::Pool;
+use cloudimg_engine::{ErrorKind, Options, OutputFormat, Quality, convert};
+use support::pillow::{self, Reference};
+use support::{Entry, decode_output, psnr, reference_luma};
+
+/// The manifest's `format` values this engine reads.
+const FORMATS: &[&str] = &["WEBP", "GIF", "BMP", "ICO"];
+/// The floor for every `ok` file, from the issue.
+const MIN_DB: f64 = 30.0;
+/// How far below Pillow's own JPEG an output may fall, from the issue.
+const PILLOW_SLACK_DB: f64 = 0.5;
+const QUALITY: u8 = 85;
+
+/// Whether the file's pixels are stored without loss, so `--format png` must give Pillow's luma.
+fn lossless(entry: &Entry, data: &[u8]) -> bool {
+    match entry.format.as_str() {
+        "BMP" | "GIF" | "ICO" => true,
+        // A still image whose only bitstream is VP8L.
+        "WEBP" => {
+            let mut pos = 12;
+            let (mut vp8l, mut other) = (false, false);
+            while let Some(head) = data.get(pos..pos + 8) {
+                match &head[..4] {
+                    b"VP8L" => vp8l = true,
+                    b"VP8 " | b"ANIM" | b"ALPH" => other = true,
+                    _ => {}
+                }
+                let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+                pos += 8 + len + (len & 1);
+            }
+            vp8l && !other
+        }
+        _ => false,
+    }
+}
+
+/// What one file did: its PSNR where checked, or that it was refused.
+enum Outcome {
+    Converted { psnr: Option<f64> },
+    Refused,
+}
+
+fn check(entry: &Entry, data: &[u8], reference: Option<&Reference>) -> Result<Outcome, String> {
+    let options = Options {
+        quality: Quality::Level(QUALITY),
+        ..Options::default()
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| convert(data, &options)))
+        .map_err(|_| "PANICKED".to_string())?;
+    let converted = match (entry.expect.as_str(), result) {
+        ("reject", Ok(c)) => {
+            return Err(format!(
+                "accepted a file marked reject ({}x{})",
+                c.width, c.height
+            ));
+        }
+        ("reject", Err(e)) => {
+            if e.kind() == ErrorKind::Internal || e.to_string().len() < 20 {
+                return Err(format!("refused without a clear reason: {e}"));
+            }
+            return Ok(Outcome::Refused);
+        }
+        ("ok", Err(e)) => return Err(format!("refused a file marked ok: {e}")),
+        (_, Err(_)) => return Ok(Outcome::Refused),
+        (_, Ok(c)) => c,
+    };
+    let output = decode_output(&converted.data)?;
+    if output.channels != 1 {
+        return Err(format!("output has {} channels", output.channels));
+    }
+    let shown = output.gray.displayed(output.orientation);
+    let Some(reference) = reference else {
+        return Ok(Outcome::Converted { psnr: None });
+    };
+    let want = (reference.luma.width, reference.luma.height);
+    if (shown.width, shown.height) != want {
+        return Err(format!(
+            "displays at {}x{}, Pillow shows {}x{}",
+            shown.width, shown.height, want.0, want.1
+        ));
+    }
+    let db = psnr(&shown, &reference.luma);
+    let bound = MIN_DB.max(reference.pillow_psnr - PILLOW_SLACK_DB);
+    if db < bound {
+        return Err(format!(
+            "PSNR {db:.2} dB, below {bound:.2} (Pillow's own JPEG: {:.2} dB)",
+            reference.pillow_psnr
+        ));
+    }
+    if lossless(entry, data) {
+        let png = convert(
+            data,
+            &Options {
+                format: OutputFormat::Png,
+                ..options
+            },
+        )
+        .map_err(|e| format!("--format png refused it: {e}"))?;
+        // Gray+alpha is composited over white by the reference PNG reader.
+        let gray = reference_luma(&png.data)?.displayed(png.orientation.value());
+        if (gray.width, gray.height) != want {
+            return Err(format!("the PNG output is {}x{}", gray.width, gray.height));
+        }
+        let worst = gray
+            .pixels
+            .iter()
+            .zip(&reference.luma.pixels)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        if worst > 1 {
+            return Err(format!(
+                "the PNG output differs from Pillow's luma by up to {worst} (allowed: 1)"
+            ));
+        }
+    }
+    Ok(Outcome::Converted { psnr: Some(db) })
+}
+
+#[test]
+fn every_format_entry_behaves_as_pillow() {
+    let Some(root) = support::corpus() else {
+        return;
+    };
+    if !pillow::available() {
+        return;
+    }
+    let entries: Vec<Entry> = support::manifest_named(&root, "MANIFEST-formats.tsv")
+        .into_iter()
+        .filter(|e| FORMATS.contains(&e.format.as_str()))
+        .collect();
+    assert!(entries.len() > 100, "only {} entries", entries.len());
+    let ok: Vec<&Entry> = entries.iter().filter(|e| e.expect == "ok").collect();
+    let references = pillow::references(
+        &ok.iter().map(|e| root.join(&e.path)).collect::<Vec<_>>(),
+        QUALITY,
+    );
+    let mut by_path: BTreeMap<&str, &Reference> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for (entry, reference) in ok.iter().zip(&references) {
+        match reference {
+            Ok(r) => {
+                by_path.insert(&entry.path, r);
+            }
+            Err(e) => failures.push(format!(
+                "{}: Pillow cannot open a file marked ok: {e}",
+                entry.path
+            )),
+        }
+    }
+    let pool = Pool::new(0).expect("pool");
+    let outcomes = pool.map(&entries, |entry| {
+        let data = std::fs::read(root.join(&entry.path)).map_err(|e| e.to_string())?;
+        check(entry, &data, by_path.get(entry.path.as_str()).copied())
+    });
+    let mut table: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for (entry, outcome) in entries.iter().zip(outcomes) {
+        let key = (entry.format.clone(), entry.expect.clone());
+        match outcome {
+            Err(reason) => failures.push(format!("{} [{}]: {reason}", entry.path, entry.expect)),
+            Ok(Outcome::Converted { psnr }) => {
+                table.entry(key).or_default().push(psnr.unwrap_or(f64::NAN));
+            }
+            Ok(Outcome::Refused) => {
+                table
+                    .entry((entry.format.clone(), format!("{} refused", entry.expect)))
+                    .or_default()
+                    .push(f64::NAN);
+            }
+        }
+    }
+    println!(
+        "{:<6} {:<16} {:>5} {:>8} {:>8}",
+        "format", "expect", "files", "min dB", "mean dB"
+    );
+    for ((format, expect), dbs) in &table {
+        let finite: Vec<f64> = dbs.iter().copied().filter(|d| d.is_finite()).collect();
+        if finite.is_empty() {
+            println!(
+                "{format:<6} {expect:<16} {:>5} {:>8} {:>8}",
+                dbs.len(),
+                "-",
+                "-"
+            );
+            continue;
+        }
+        let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+        println!(
+            "{format:<6} {expect:<16} {:>5} {min:>8.2} {mean:>8.2}",
+            dbs.len()
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
