@@ -10,7 +10,14 @@
 # its dependencies' aarch64 code included: `wide`, zune-jpeg, zune-png, memchr). What it cannot:
 # speed (qemu translates every instruction); time a Graviton instance for that.
 #
-# Usage: scripts/test-arm64.sh
+# Usage: scripts/test-arm64.sh [--quick]
+#   (default) every engine test under qemu (unit and integration: about 10 minutes of qemu on this
+#             2-core machine), the CLIs built --release (what the fleet runs);
+#   --quick   what scripts/test.sh runs: the engine's unit tests under qemu (the property tests of
+#             every SIMD kernel against its scalar reference, the NEON ones included), the CLIs
+#             in the dev profile (engine and dependencies at opt-level 2; on x86_64 the binary
+#             scripts/test.sh's tests already built, on aarch64 without the `send` feature), and
+#             the same byte-for-byte comparison.
 # Installs what is missing (root and apt: the arm64 architecture, Debian's rustc-web 1.96 with the
 # aarch64 standard library, gcc-aarch64-linux-gnu, qemu-user-static), then builds with Debian's
 # /usr/bin/cargo and /usr/bin/rustc (the rustup toolchain has no aarch64 standard library here).
@@ -44,6 +51,16 @@ minutes() { printf '%d min %02d s' $(($1 / 60)) $(($1 % 60)); }
 # ---- toolchain ----------------------------------------------------------------------------------
 # shellcheck source=scripts/arm64-env.sh
 source scripts/arm64-env.sh
+quick=false
+case "${1:-}" in
+--quick) quick=true ;;
+"") ;;
+*)
+    echo "usage: scripts/test-arm64.sh [--quick]" >&2
+    exit 2
+    ;;
+esac
+
 started=$SECONDS
 if ! why=$(arm_ensure_toolchain); then
     skip "$why"
@@ -55,17 +72,29 @@ say "toolchain ready after $(minutes $((SECONDS - started)))"
 # included, the conformance sweep, the djpeg/jpegtran oracles: x86_64 tools the aarch64 test
 # process starts through qemu's execve). Doc tests are API examples, run on x86_64 only.
 step=$SECONDS
-say "engine tests under qemu-aarch64 (CLOUDIMG_CORPUS=$CLOUDIMG_CORPUS)"
-arm_cargo test -p cloudimg-engine --lib --tests --quiet || fail "the engine's tests failed on aarch64"
+if $quick; then
+    say "engine unit tests under qemu-aarch64"
+    arm_cargo test -p cloudimg-engine --lib --quiet || fail "the engine's unit tests failed on aarch64"
+else
+    say "engine tests under qemu-aarch64 (CLOUDIMG_CORPUS=$CLOUDIMG_CORPUS)"
+    arm_cargo test -p cloudimg-engine --lib --tests --quiet || fail "the engine's tests failed on aarch64"
+fi
 say "engine tests: $(minutes $((SECONDS - step)))"
 
 # ---- the CLI, both architectures ----------------------------------------------------------------
 step=$SECONDS
-say "building cloudimg (release) for x86_64 and aarch64"
-cargo build --locked --release --quiet -p cloudimg-client --bin cloudimg
-arm_cargo build --release --quiet -p cloudimg-client --bin cloudimg
-x86_bin="$CARGO_TARGET_DIR/release/cloudimg"
-arm_bin="$arm_target_dir/$arm_triple/release/cloudimg"
+# --quick builds the aarch64 CLI without the `send` feature (gRPC, tokio and the runtime crate):
+# `convert` alone, the engine and the same conversion code, at a fraction of the cold build.
+if $quick; then
+    profile=() profile_dir=debug arm_features=(--no-default-features)
+else
+    profile=(--release) profile_dir=release arm_features=()
+fi
+say "building cloudimg ($profile_dir) for x86_64 and aarch64"
+cargo build --locked "${profile[@]}" --quiet -p cloudimg-client --bin cloudimg
+arm_cargo build "${profile[@]}" "${arm_features[@]}" --quiet -p cloudimg-client --bin cloudimg
+x86_bin="$CARGO_TARGET_DIR/$profile_dir/cloudimg"
+arm_bin="$arm_target_dir/$arm_triple/$profile_dir/cloudimg"
 aarch64-linux-gnu-readelf -h "$arm_bin" | grep -q 'Machine:.*AArch64' || fail "$arm_bin is not aarch64"
 if aarch64-linux-gnu-readelf -l "$arm_bin" | grep -q INTERP; then
     fail "$arm_bin is dynamically linked (it would hang under qemu-user); expected +crt-static"

@@ -150,13 +150,15 @@ impl Divisor {
 pub(crate) struct Quantizer {
     /// By natural index.
     divisors: [Divisor; 64],
-    /// The same, a row of eight at a time, for the vector transform.
+    /// The same, a row of eight at a time, for the AVX2 transform.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     vector_divisors: [RowDivisors; 8],
     transform: Transform,
 }
 
 /// One row of divisors as vectors take them; `shift` includes the 16.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct RowDivisors {
     reciprocal: [u32; 8],
     correction: [u32; 8],
