@@ -6,32 +6,6 @@ use super::decoder::Block;
 use super::islow::*;
 use super::tables::{NATURAL, QuantTable};
 
-/// What a pass of the DCT computes with: one sample (`i32`, the scalar reference) or eight
-/// samples side by side (`Lanes`, which the compiler turns into vector instructions, and
-/// `x86::Vector`, one AVX2 register). 32 bits are enough: from 8-bit samples the largest
-/// intermediate is below 2^30.
-trait Sample: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
-    fn times(self, c: i64) -> Self;
-    fn shl(self, n: i64) -> Self;
-    fn descale(self, n: i64) -> Self;
-}
-
-#[cfg(test)]
-impl Sample for i32 {
-    #[inline(always)]
-    fn times(self, c: i64) -> i32 {
-        self * c as i32
-    }
-    #[inline(always)]
-    fn shl(self, n: i64) -> i32 {
-        self << n
-    }
-    #[inline(always)]
-    fn descale(self, n: i64) -> i32 {
-        descale(i64::from(self), n) as i32
-    }
-}
-
 /// Eight samples, one per row (or column) of a block, worked on together.
 #[derive(Clone, Copy)]
 struct Lanes([i32; 8]);
@@ -176,13 +150,15 @@ impl Divisor {
 pub(crate) struct Quantizer {
     /// By natural index.
     divisors: [Divisor; 64],
-    /// The same, a row of eight at a time, for the vector transform.
+    /// The same, a row of eight at a time, for the AVX2 transform.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     vector_divisors: [RowDivisors; 8],
     transform: Transform,
 }
 
 /// One row of divisors as vectors take them; `shift` includes the 16.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct RowDivisors {
     reciprocal: [u32; 8],
     correction: [u32; 8],
@@ -442,6 +418,8 @@ mod tests {
 
     /// Every transform this CPU can run.
     fn kernels() -> Vec<(&'static str, Transform)> {
+        // Only x86_64 adds kernels to the list.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels: Vec<(&str, Transform)> = vec![("portable", lanes)];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {

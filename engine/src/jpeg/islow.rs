@@ -21,3 +21,47 @@ pub(crate) const FIX_3_072711026: i64 = 25172;
 pub(crate) fn descale(x: i64, n: i64) -> i64 {
     (x + (1 << (n - 1))) >> n
 }
+
+/// What a pass of either DCT computes with: one value (`i32` for the forward DCT's scalar
+/// reference, `i64` for the inverse's) or eight side by side (the forward DCT's `Lanes`, which
+/// the compiler turns into vector instructions, its `x86::Vector`, one AVX2 register, and the
+/// inverse DCT's `neon::Vector`, two NEON registers), so that each pass's arithmetic is written
+/// once. In the forward DCT 32 bits are enough: from 8-bit samples the largest intermediate is
+/// below 2^30. The inverse DCT's vectors are 32-bit too, and used only on blocks whose bounds
+/// prove it exact (see `idct::EXACT_IN_32_BITS`).
+pub(crate) trait Sample: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    fn times(self, c: i64) -> Self;
+    fn shl(self, n: i64) -> Self;
+    fn descale(self, n: i64) -> Self;
+}
+
+#[cfg(test)]
+impl Sample for i32 {
+    #[inline(always)]
+    fn times(self, c: i64) -> i32 {
+        self * c as i32
+    }
+    #[inline(always)]
+    fn shl(self, n: i64) -> i32 {
+        self << n
+    }
+    #[inline(always)]
+    fn descale(self, n: i64) -> i32 {
+        descale(i64::from(self), n) as i32
+    }
+}
+
+impl Sample for i64 {
+    #[inline(always)]
+    fn times(self, c: i64) -> i64 {
+        self * c
+    }
+    #[inline(always)]
+    fn shl(self, n: i64) -> i64 {
+        self << n
+    }
+    #[inline(always)]
+    fn descale(self, n: i64) -> i64 {
+        descale(self, n)
+    }
+}

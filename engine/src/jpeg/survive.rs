@@ -79,6 +79,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn kernels() -> Vec<(&'static str, Kernel)> {
+        // Only x86_64 adds kernels to the list.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut all: Vec<(&'static str, Kernel)> = vec![("wide", portable)];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {

@@ -103,6 +103,8 @@ mod tests {
 
     /// Every kernel this host can run, by name, next to its scalar reference.
     fn kernels() -> Vec<(&'static str, usize, Kernel, Kernel)> {
+        // Only x86_64 adds kernels to the list.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut all: Vec<(&'static str, usize, Kernel, Kernel)> = vec![
             ("wide rgb", 3, portable::rgb, scalar::rgb),
             ("wide rgba", 4, portable::rgba, scalar::rgba),

@@ -4,9 +4,11 @@
 
 pub mod convert;
 pub mod inputs;
+#[cfg(feature = "send")]
 pub mod send;
 
 use std::path::PathBuf;
+#[cfg(feature = "send")]
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,7 @@ pub enum Command {
     /// Convert images to grayscale locally.
     Convert(ConvertArgs),
     /// Upload images to a producer (`cloudimg send IMAGE HOST:PORT` also works).
+    #[cfg(feature = "send")]
     Send(SendArgs),
 }
 
@@ -78,6 +81,7 @@ impl ConvertArgs {
     }
 }
 
+#[cfg(feature = "send")]
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
     /// Images and folders; a last argument that is `HOST:PORT` and not a path names the producer.
@@ -122,6 +126,7 @@ pub struct SendArgs {
     pub latency: bool,
 }
 
+#[cfg(feature = "send")]
 impl SendArgs {
     pub fn config(&self) -> Result<send::SendConfig, send::SendError> {
         let (paths, seed_producer) = send::split_seed_form(&self.paths);

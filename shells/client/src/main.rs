@@ -14,6 +14,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        #[cfg(feature = "send")]
         Command::Send(args) => {
             let config = match args.config() {
                 Ok(config) => config,
