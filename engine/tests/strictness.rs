@@ -90,12 +90,12 @@ fn errors_name_what_was_expected_and_found() {
         .unwrap_err()
         .to_string();
     assert!(cut.starts_with("invalid JPEG: truncated"), "{cut}");
-    let gif = convert(b"GIF89a\x01\x00\x01\x00", &Options::default())
+    let tiff = convert(b"II*\0\x08\0\0\0", &Options::default())
         .unwrap_err()
         .to_string();
     assert_eq!(
-        gif,
-        "unsupported input: expected a JPEG (FF D8) or PNG signature, found a GIF image"
+        tiff,
+        "unsupported input: expected a JPEG, PNG, WebP, GIF, BMP or ICO signature, found a TIFF image"
     );
     let empty = convert(b"", &Options::default()).unwrap_err().to_string();
     assert!(empty.contains("found an empty file"), "{empty}");
