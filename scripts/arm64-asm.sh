@@ -11,7 +11,7 @@
 # point, so `d` and `s` registers appear only as vector halves and lanes.
 #
 # The kernels are the functions that hold them after inlining: where a kernel is inlined into its
-# caller (the 64-bit IDCT reference into the plane builder's row loop), the row is the caller.
+# caller (the inverse DCT into the plane builder's row loop), the row is the caller's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/arm64-env.sh
@@ -24,7 +24,7 @@ if ! why=$(arm_ensure_toolchain); then
 fi
 
 deps="$arm_target_dir/$arm_triple/release/deps"
-rm -f "$deps"/cloudimg_engine-*.s
+# cargo re-emits only when the engine changed; the newest file is this source's either way.
 arm_cargo rustc --release --quiet -p cloudimg-engine --lib -- --emit asm
 asm=$(ls -t "$deps"/cloudimg_engine-*.s | head -1)
 mkdir -p "$out_dir"
@@ -66,20 +66,16 @@ def instructions(body):
 
 # (kernel, what it is, the demangled function names that hold it, first match wins)
 KERNELS = [
-    ("luma-rgb", "RGB to luma (wide u32x8)",
-     [r"luma::portable::rgb$", r"luma::rgb$"]),
-    ("luma-rgba-over-white", "RGBA over white to luma (wide u32x8)",
-     [r"luma::portable::rgba_over_white$", r"luma::rgba_over_white$"]),
+    ("luma", "RGB(A) to luma, all three kernels (wide u32x8; one function, the stride a parameter)",
+     [r"luma::portable::kernel$", r"luma::portable::rgb$", r"luma::rgb$"]),
     ("fdct", "forward DCT + quantization (portable eight-lane code)",
      [r"jpeg::fdct::lanes$"]),
     ("requantize-mask", "requantization: surviving-coefficient mask (wide i16x16)",
      [r"jpeg::survive::portable$"]),
     ("requantize-encode", "requantization fused into the entropy coder (scalar by nature)",
      [r"encode_blocks_portable$", r"transcode::encode_blocks$"]),
-    ("idct-neon", "inverse DCT, NEON twin",
-     [r"jpeg::idct::neon::transform$"]),
-    ("idct-reference", "inverse DCT, 64-bit reference (scalar, with the plane builder's row loop where inlined)",
-     [r"jpeg::idct::scalar$", r"jpeg::idct::idct_block$", r"PlaneBuilder as .*LumaSink>::row$"]),
+    ("idct", "inverse DCT: the NEON twin and, for blocks beyond its exact range, the 64-bit reference, both inlined into the plane builder's row loop",
+     [r"jpeg::idct::neon::transform$", r"jpeg::idct::idct_block$", r"PlaneBuilder as .*LumaSink>::row$"]),
 ]
 
 print(f"{'kernel':22} {'instructions':>12} {'vector':>7}  function")

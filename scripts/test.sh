@@ -119,7 +119,7 @@ cargo check --quiet --manifest-path engine/fuzz/Cargo.toml --bins
 # Graviton: the engine's unit tests (every SIMD kernel against its scalar reference, NEON included)
 # under qemu-aarch64, and corpus/conformance/ converted by the x86_64 and the cross-built aarch64
 # `cloudimg`, JPEG and PNG, asserted byte-identical. The full run (every engine test under qemu,
-# release builds) is `scripts/test-arm64.sh` alone; README "Graviton" has the minutes of both.
+# release builds) is `scripts/test-arm64.sh` alone; docs/engine-speed.md has the minutes of both.
 say "aarch64: cross-built, under qemu-user"
 scripts/test-arm64.sh --quick
 

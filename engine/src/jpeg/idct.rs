@@ -5,9 +5,9 @@
 //! the intermediate rows in 32: hostile coefficients and 16-bit quantization tables can
 //! overflow 32-bit products (the fuzzer found one), and must give garbage pixels, not a panic.
 //!
-//! On aarch64 a NEON twin runs the same passes in 32-bit lanes (LLVM leaves the 64-bit reference
-//! scalar there, docs/engine-speed.md), for every block whose bounds prove 32 bits exact, which
-//! is every block of a real photo; property tests (run under qemu by `scripts/test-arm64.sh`)
+//! On aarch64 a NEON twin runs the same passes in 32-bit lanes (NEON has no 64-bit lane multiply
+//! for the reference's arithmetic), for every block whose bounds prove 32 bits exact, which is
+//! every block of a real photo; property tests (run under qemu by `scripts/test-arm64.sh`)
 //! prove it equal to the reference.
 
 use super::decoder::Block;
@@ -211,7 +211,11 @@ mod neon {
             let (cd_even, cd_odd) = (vtrn1q_s32(c, d), vtrn2q_s32(c, d));
             let halves = |x: int32x4_t, y: int32x4_t, high: bool| {
                 let (x, y) = (vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y));
-                vreinterpretq_s32_s64(if high { vtrn2q_s64(x, y) } else { vtrn1q_s64(x, y) })
+                vreinterpretq_s32_s64(if high {
+                    vtrn2q_s64(x, y)
+                } else {
+                    vtrn1q_s64(x, y)
+                })
             };
             [
                 halves(ab_even, cd_even, false),
@@ -415,7 +419,13 @@ mod tests {
         for hostile in [
             [i32::from(i16::MAX) * 65535; 64],
             std::array::from_fn(|i| if i == 0 { i32::MIN + 32768 } else { 0 }),
-            std::array::from_fn(|i| if i == 9 { EXACT_IN_32_BITS as i32 + 1 } else { 0 }),
+            std::array::from_fn(|i| {
+                if i == 9 {
+                    EXACT_IN_32_BITS as i32 + 1
+                } else {
+                    0
+                }
+            }),
         ] {
             let mut untouched = [7u8; 64];
             assert!(!neon::transform(&hostile, &mut untouched, 8));

@@ -29,7 +29,9 @@ pub(crate) fn descale(x: i64, n: i64) -> i64 {
 /// once. In the forward DCT 32 bits are enough: from 8-bit samples the largest intermediate is
 /// below 2^30. The inverse DCT's vectors are 32-bit too, and used only on blocks whose bounds
 /// prove it exact (see `idct::EXACT_IN_32_BITS`).
-pub(crate) trait Sample: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+pub(crate) trait Sample:
+    Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self>
+{
     fn times(self, c: i64) -> Self;
     fn shl(self, n: i64) -> Self;
     fn descale(self, n: i64) -> Self;
