@@ -4,7 +4,10 @@
 //! the proxies a test owns (TCP in front of RabbitMQ or S3, an S3 gate). [`producer`] adds what the
 //! producer's own tests need (the binary with an exact environment, raw uploads, AMQP frames).
 
+mod judge;
 pub mod producer;
+
+pub use judge::{FIXTURE_MIN_DB, judge};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -133,6 +136,14 @@ pub struct ManifestRow {
 }
 
 impl ManifestRow {
+    /// The PSNR a result of this file must reach against it: the engine's conformance bound for
+    /// its class, for a file marked `ok`. `None` for `either` files (the conformance test holds
+    /// only their size, as [`judge`] with a bound of 0 does) and `reject` ones.
+    pub fn min_db(&self) -> Option<f64> {
+        (self.expect == "ok")
+            .then(|| cloudimg_reference::min_db(&cloudimg_reference::corpus_class(&self.path)))
+    }
+
     /// The size the image displays at.
     pub fn displayed(&self) -> (u32, u32) {
         if (5..=8).contains(&self.orientation) {

@@ -106,8 +106,14 @@ async fn every_connection_closed_mid_run_both_reconnect_and_every_accepted_image
         match (record["job_id"].as_str(), record["status"].as_str()) {
             (Some(_), Some("done")) => {
                 let key = record["key"].as_str().unwrap();
-                if !store.0.join(key).is_file() {
-                    problems.push(format!("{key} reported done but missing"));
+                match std::fs::read(store.0.join(key)) {
+                    Ok(data) => {
+                        let source = std::fs::read(record["file"].as_str().unwrap()).unwrap();
+                        if let Err(e) = judge(&source, 1, &data, FIXTURE_MIN_DB) {
+                            problems.push(format!("{key}: {e}"));
+                        }
+                    }
+                    Err(_) => problems.push(format!("{key} reported done but missing")),
                 }
             }
             // Not accepted: the upload met the reconnect and was told so.
@@ -279,7 +285,16 @@ async fn with_the_broker_gone_uploads_are_unavailable_never_ok_and_service_resum
     if after.code != Some(0) || after.records.iter().any(|r| r["status"] != "done") {
         problems.push(format!("after the outage: {after:?}"));
     }
-    // Only the accepted images have results: none of the refused ones was queued after all.
+    // Only the accepted images have results, each its own source's picture: none of the refused
+    // ones was queued after all.
+    for record in before.records.iter().chain(&after.records) {
+        let key = record["key"].as_str().unwrap_or_default();
+        let data = std::fs::read(store.0.join(key)).unwrap_or_default();
+        let source = std::fs::read(record["file"].as_str().unwrap()).unwrap();
+        if let Err(e) = judge(&source, 1, &data, FIXTURE_MIN_DB) {
+            problems.push(format!("{key}: {e}"));
+        }
+    }
     let results = std::fs::read_dir(store.0.join("gray")).map_or(0, |d| d.count());
     if results != 4 {
         problems.push(format!(

@@ -8,7 +8,7 @@
 //! * **SIGTERM**: the worker stops consuming, finishes and acks what it holds, and exits 0 within
 //!   a bounded time; every job is then either written or still queued, never both, never neither.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ struct Run {
     producer: Service,
     _images_dir: TempDir,
     accepted: BTreeSet<String>,
+    /// Each accepted key's source file.
+    sources: BTreeMap<String, OsString>,
 }
 
 /// Producer and a first worker on a fresh queue and bucket, all `IMAGES` accepted.
@@ -64,11 +66,15 @@ async fn start_run(what: &str) -> Option<(Run, Service)> {
     )
     .await;
     assert_eq!(sent.code, Some(0), "{sent:?}");
-    let accepted: BTreeSet<String> = sent
+    let sources: BTreeMap<String, OsString> = sent
         .records
         .iter()
-        .map(|r| r["key"].as_str().unwrap().to_owned())
+        .map(|r| {
+            let key = r["key"].as_str().unwrap().to_owned();
+            (key, OsString::from(r["file"].as_str().unwrap()))
+        })
         .collect();
+    let accepted: BTreeSet<String> = sources.keys().cloned().collect();
     assert_eq!(accepted.len(), IMAGES);
     let worker = shells.worker(&[]);
     Some((
@@ -80,6 +86,7 @@ async fn start_run(what: &str) -> Option<(Run, Service)> {
             producer,
             _images_dir: dir,
             accepted,
+            sources,
         },
         worker,
     ))
@@ -98,7 +105,8 @@ impl Run {
         }
     }
 
-    /// Every accepted image is exactly one grayscale object at its own key; nothing else, and
+    /// Every accepted image is exactly one grayscale object at its own key, holding its own
+    /// source's picture ([`judge`]); nothing else, and
     /// nothing queued once the last acks have reached the broker (waited for up to 10 s).
     async fn check_all_landed_once(&self) -> Vec<String> {
         let (connection, queue) = (&self.connection, &self.queue);
@@ -115,11 +123,16 @@ impl Run {
                 keys.difference(&self.accepted).collect::<Vec<_>>()
             ));
         }
-        for key in &self.accepted {
+        for (key, source) in &self.sources {
             match self.bucket.get(key).await {
                 Some(data) => {
                     if !ResultImage::decode(&data).is_ok_and(|image| image.is_grayscale()) {
                         problems.push(format!("{key} is not a grayscale JPEG"));
+                    }
+                    // Its own source's picture, whichever worker wrote it.
+                    let source = std::fs::read(source).unwrap();
+                    if let Err(e) = judge(&source, 1, &data, FIXTURE_MIN_DB) {
+                        problems.push(format!("{key}: {e}"));
                     }
                 }
                 None => problems.push(format!("{key} is missing")),
