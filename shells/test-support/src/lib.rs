@@ -1260,3 +1260,24 @@ pub async fn upload_raw(
         .await
         .map(|r| r.into_inner())
 }
+
+/// Asks the producer's `GetJob` about `job_id` (with the key its upload was answered), as
+/// `cloudimg send --wait` does, and returns the answer as it came.
+pub async fn get_job(
+    producer: &str,
+    job_id: &str,
+    key: &str,
+) -> Result<cloudimg_runtime::proto::GetJobReply, tonic::Status> {
+    let mut client = cloudimg_runtime::proto::image_service_client::ImageServiceClient::connect(
+        format!("http://{producer}"),
+    )
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    client
+        .get_job(cloudimg_runtime::proto::GetJobRequest {
+            job_id: job_id.to_owned(),
+            key: key.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
