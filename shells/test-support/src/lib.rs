@@ -743,6 +743,23 @@ pub fn scrape(port: u16) -> String {
     body.to_owned()
 }
 
+/// The worker's metrics once they have settled: `send --wait` sees a result as soon as it is
+/// written, and the worker counts the job after its ack, a moment later. Scrapes until the worker
+/// holds no job and `cloudimg_jobs_total` (all outcomes) has reached `jobs`, or `timeout` passes;
+/// returns the last scrape either way (the caller's checks then say what is off).
+pub async fn settled_worker_metrics(port: u16, jobs: f64, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = scrape(port);
+        let settled = metric(&text, "cloudimg_jobs_in_flight") == Some(0.0)
+            && metric(&text, "cloudimg_jobs_total").unwrap_or(0.0) >= jobs;
+        if settled || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The sum of every sample of `series` (a metric name, optionally with `{label="value"}` pairs
 /// that must all appear on the sample), or `None` when no sample matches.
 pub fn metric(text: &str, series: &str) -> Option<f64> {

@@ -316,4 +316,78 @@ async fn two_uploads_with_the_same_file_name_produce_two_results() {
     assert_eq!(objects.len(), 2, "expected two results, found {objects:?}");
     sizes.sort();
     assert_eq!(sizes, vec![(64, 48), (80, 120)]);
+    // Each result is its own upload's picture, not the other `photo.jpg`'s.
+    for judged in judged {
+        judged.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_format_png_lands_a_gray_png_turned_upright_with_its_sources_pixels() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let Some(corpus) = corpus() else { return };
+    // A photo stored 1200x1800 with EXIF orientation 6: it displays 1800x1200. PNG viewers ignore
+    // EXIF, so the PNG must hold the turned pixels.
+    let name = "conformance/jpeg/exif_orientation/photo_landscape_orientation_6.jpg";
+    let row = manifest(&corpus)
+        .into_iter()
+        .find(|r| r.path == name)
+        .unwrap_or_else(|| panic!("{name} is not in the manifest"));
+    assert_eq!((row.orientation, row.displayed()), (6, (1800, 1200)));
+    let source_path = corpus.join(name);
+    let source = std::fs::read(&source_path).unwrap();
+    let bucket = Bucket::create(&endpoint).await;
+    let queue = unique_queue("png");
+    let (shells, mut producer, mut worker, address) =
+        start_pipeline(&queue, &bucket, &endpoint, 8 << 20);
+    let args: Vec<OsString> = vec![
+        "--wait".into(),
+        "--format".into(),
+        "png".into(),
+        source_path.clone().into_os_string(),
+    ];
+    let sent = send_async(&address, args).await;
+    let stopped = stop_shells(&mut producer, &mut worker);
+    let key = sent
+        .records
+        .first()
+        .and_then(|r| r["key"].as_str())
+        .map(str::to_owned);
+    let object = match &key {
+        Some(key) => bucket
+            .client
+            .get_object()
+            .bucket(&bucket.name)
+            .key(key)
+            .send()
+            .await
+            .ok(),
+        None => None,
+    };
+    let (content_type, data) = match object {
+        Some(o) => (
+            o.content_type().map(str::to_owned),
+            o.body.collect().await.unwrap().into_bytes().to_vec(),
+        ),
+        None => (None, Vec::new()),
+    };
+    delete_queues(&connection, &queue).await;
+    bucket.delete().await;
+    shells.assert_no_problems(&stopped);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    let key = key.unwrap();
+    assert!(key.ends_with(".png"), "{key}");
+    assert_eq!(content_type.as_deref(), Some("image/png"));
+    // Decoded whole by the png crate, one gray channel, upright (displayed size as stored), and
+    // the source's own luma turned the EXIF way (the conformance bound of its class).
+    let db =
+        judge(&source, 6, &data, row.min_db().unwrap()).unwrap_or_else(|e| panic!("{key}: {e}"));
+    // Left as stored, the same pixels would display 1200x1800: the judge sees the turn.
+    assert!(judge(&source, 1, &data, 0.0).is_err());
+    eprintln!("send --format png: {key}, {db:.2} dB against the turned source");
 }

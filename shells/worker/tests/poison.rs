@@ -287,13 +287,17 @@ async fn every_bad_file_ends_in_exactly_one_place_and_good_ones_between_them_lan
     if !producer.running() || producer.pid() != producer_pid {
         problems.push("the producer exited".into());
     }
-    let (pm, wm) = (scrape(producer_metrics), scrape(worker_metrics));
+    // The worker counts a job after its ack, after `send --wait` saw its result: read its
+    // metrics once they have settled.
     let count = |p: Place| places.values().filter(|x| **x == p).count() as f64;
+    let accepted = count(Place::Result) + count(Place::DeadLettered);
+    let wm = settled_worker_metrics(worker_metrics, accepted, Duration::from_secs(20)).await;
+    let pm = scrape(producer_metrics);
     let checks = [
         (
             "producer accepted",
             metric(&pm, "cloudimg_uploads_total{outcome=\"accepted\"}"),
-            count(Place::Result) + count(Place::DeadLettered),
+            accepted,
         ),
         (
             "producer refused",
