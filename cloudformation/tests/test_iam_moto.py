@@ -11,9 +11,12 @@ call answers 403). The real binaries then run with those users' keys against the
   staging/, producer HeadObject on gray/ (GetJob);
 - a staged upload over 16 MiB, sent as an S3 multipart upload (CreateMultipartUpload, UploadPart
   and CompleteMultipartUpload are all authorised as s3:PutObject);
-- a redelivery: before any worker runs, a consumer takes the job and drops its connection without
-  an ack (what a SIGKILLed worker leaves), so the worker gets it redelivered and asks HeadObject on
-  gray/<id> first (the call issue 14 found denied);
+- redeliveries: before any worker runs, a consumer takes two jobs and drops its connection without
+  an ack (what a SIGKILLed worker leaves), so the worker gets them redelivered and asks HeadObject
+  on gray/<id> first (the call issue 14 found denied); the first has no result and is converted,
+  the second's result was written (with the worker's keys) before the consumer died: the worker
+  acks it without writing (object, ETag, Last-Modified and metadata unchanged, no PUT in moto's
+  log, `cloudimg_jobs_total{outcome="already_done"}` 1) and deletes its staged upload;
 - a dead letter: a file that is not an image; worker PutObject on failed/, producer GetObject on
   failed/ (GetJob reports the failure).
 
@@ -259,21 +262,41 @@ class ShellsUnderTemplateIam(unittest.TestCase):
         wait_until(lambda: _port_open(self.grpc) or producer.poll() is not None, "the producer to listen")
         self.assertIsNone(producer.poll(), self.logs())
 
-        # 1. A staged upload, taken by a consumer that dies without acking (a SIGKILLed worker).
+        # 1. Two staged uploads, taken by a consumer that dies without acking (a SIGKILLed
+        # worker). The second one's result was written before it died (under the worker's own
+        # grants), so its redelivery must find it and write nothing.
         image = os.path.join(CORPUS, "bench", "apple-iphone4s_8mp_city.jpg")
-        proc, lines = self.send(image, wait=False)
-        self.assertEqual(proc.returncode, 0, proc.stderr + self.logs())
-        job_id = lines[0]["job_id"]
-        self.checker.head_object(Bucket=self.bucket, Key=f"staging/{job_id}")
+        job_ids = []
+        for _ in range(2):
+            proc, lines = self.send(image, wait=False)
+            self.assertEqual(proc.returncode, 0, proc.stderr + self.logs())
+            job_ids.append(lines[0]["job_id"])
+            self.checker.head_object(Bucket=self.bucket, Key=f"staging/{job_ids[-1]}")
+        job_id, done_id = job_ids
         import pika
 
         conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        method, _, _ = conn.channel().basic_get(queue=self.queue, auto_ack=False)
-        self.assertIsNotNone(method, "the job is not in the queue")
-        conn.close()  # no ack: the broker requeues it, marked redelivered
+        channel = conn.channel()
+        taken = []
+        for _ in range(2):
+            method, properties, _ = channel.basic_get(queue=self.queue, auto_ack=False)
+            self.assertIsNotNone(method, "the jobs are not in the queue")
+            taken.append(properties.headers["x-cloudimg-job-id"])
+        self.assertEqual(sorted(taken), sorted(job_ids))
+        done_key = f"gray/{done_id}.jpg"
+        with open(image, "rb") as f:
+            written = f.read()  # any bytes: the worker must not touch them
+        self.client("s3", *self.keys["worker"]).put_object(
+            Bucket=self.bucket, Key=done_key, Body=written, ContentType="image/jpeg",
+            Metadata={"job-id": done_id, "written-by": "the test"})
+        before = self.checker.head_object(Bucket=self.bucket, Key=done_key)
+        time.sleep(1.1)  # a rewrite would carry a later Last-Modified (whole seconds)
+        conn.close()  # no ack: the broker requeues both, marked redelivered
 
-        # 2. The worker gets it redelivered: HeadObject on gray/ first, then the staged path.
-        self.start("cloudimg-worker", "worker")
+        # 2. The worker gets them redelivered: HeadObject on gray/ first, then the staged path
+        # for the first; the second's result exists: acked, staged upload deleted, nothing written.
+        metrics = free_port()
+        self.start("cloudimg-worker", "worker", CLOUDIMG_METRICS_LISTEN=f"127.0.0.1:{metrics}")
         proc, lines = self.send(image, wait=True)  # a second job, waited for: GetJob through HeadObject
         self.assertEqual(proc.returncode, 0, proc.stderr + self.logs())
         self.assertEqual(lines[-1]["status"], "done", lines)
@@ -285,6 +308,22 @@ class ShellsUnderTemplateIam(unittest.TestCase):
         head = [i for i, line in enumerate(served) if f'"HEAD /{self.bucket}/gray/{job_id}.jpg ' in line]
         fetch = [i for i, line in enumerate(served) if f'"GET /{self.bucket}/staging/{job_id}?' in line]
         self.assertTrue(head and fetch and head[0] < fetch[0], "the redelivered job was not checked in gray/ first")
+        wait_until(lambda: not self.exists(f"staging/{done_id}"), "the finished job's staged upload to go")
+        after = self.checker.get_object(Bucket=self.bucket, Key=done_key)
+        self.assertEqual(after["Body"].read(), written)
+        for field in ("ETag", "LastModified", "Metadata", "ContentLength"):
+            self.assertEqual(after[field], before[field], field)
+        with open(os.path.join(self.tmp, "moto.log"), encoding="utf-8") as f:
+            rewrites = [line for line in f if f'"PUT /{self.bucket}/{done_key}' in line]
+        self.assertEqual(len(rewrites), 1, rewrites)  # the test's own write, nothing after it
+
+        def outcome(name):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("cloudimg_jobs_total{") and f'outcome="{name}"' in line)
+
+        wait_until(lambda: outcome("already_done") + outcome("done") >= 3, "the worker's counts to settle")
+        self.assertEqual((outcome("already_done"), outcome("done")), (1.0, 2.0), self.logs())
 
         # 3. An upload over 16 MiB (a photo padded with comment segments): staged as a multipart
         # upload under the producer's grants, converted, its staged object deleted.

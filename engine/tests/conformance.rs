@@ -10,40 +10,9 @@ use cloudimg_engine::batch::Pool;
 use cloudimg_engine::{Options, convert};
 use support::{Entry, decode_output, manifest, psnr, reference_luma};
 
-/// Every photo in `bench/` and `bench-progressive/` must reach this PSNR at quality 85.
-const PHOTO_MIN_DB: f64 = 38.0;
 /// The reference run's pillow-seed mean over `bench/` (47.2 dB); the engine's mean may not fall
 /// more than 0.3 dB below it. (It may be higher: the coefficient path skips a pixel round trip.)
 const SEED_MEAN_DB: f64 = 47.2;
-
-/// The lowest PSNR each other class of `ok` files reaches, measured on this corpus (the lowest
-/// file of the class, rounded down) and kept as the bound: a drop below it is a regression.
-/// Measured with `cargo test -p cloudimg-engine --test conformance -- --nocapture`, which prints
-/// the per-class table.
-///
-/// The low ones are tiny synthetic images (PngSuite's 5x5 palette patterns, a 32x23 progressive
-/// test card, a 4x4 JPEG) whose hard edges at quality 85 cost PSNR in any JPEG encoder.
-fn class_min_db(class: &str) -> f64 {
-    match class {
-        "bad/jpeg/exif" => 41.5,
-        "conformance/jpeg/cmyk" => 36.5,
-        "conformance/jpeg/colorspace" => 51.0,
-        "conformance/jpeg/exif_orientation" => 34.0,
-        "conformance/jpeg/grayscale" => 40.5,
-        "conformance/jpeg/icc" => 40.0,
-        "conformance/jpeg/misc" => 36.0,
-        "conformance/jpeg/multi_image" => 44.0,
-        "conformance/jpeg/odd_size" => 32.0,
-        "conformance/jpeg/precision" => 49.0,
-        "conformance/jpeg/progressive" => 31.0,
-        "conformance/jpeg/restart" => 41.0,
-        "conformance/jpeg/subsampling" => 34.5,
-        "conformance/png/pngsuite" => 30.0,
-        "conformance/png/real" => 33.0,
-        // A class the table does not know yet must be measured and added, not waved through.
-        _ => f64::INFINITY,
-    }
-}
 
 /// The `either` rows' outcomes, pinned: one `converted` or `refused` line per file, by path.
 /// Which of them the engine takes is a decision, so a change shows as a diff of this file.
@@ -176,10 +145,8 @@ fn every_manifest_entry_behaves_as_expected() {
                 converted += 1;
                 let Some(db) = *psnr else { continue };
                 let class = entry.class();
-                let bound = match class.as_str() {
-                    "bench" | "bench-progressive" => PHOTO_MIN_DB,
-                    other => class_min_db(other),
-                };
+                // Per class, measured on this corpus (see `cloudimg_reference::min_db`).
+                let bound = cloudimg_reference::min_db(&class);
                 if db < bound {
                     failures.push(format!(
                         "{} [ok]: PSNR {db:.2} dB, below the bound of {bound} dB for {class}",

@@ -112,13 +112,31 @@ fn png_output_keeps_alpha_and_turns_upright() {
         ..JpegSpec::default()
     });
     let converted = convert(&rotated, &options).expect("converts");
-    let (color, ow, oh, _) = decode_png(&converted.data);
+    let (color, ow, oh, samples) = decode_png(&converted.data);
     assert_eq!(
         (color, ow, oh),
         (png::ColorType::Grayscale, 32, 48),
         "PNG viewers ignore EXIF: rotated"
     );
     assert_eq!(converted.orientation, Orientation::NORMAL);
+    // Turned the right way: its pixels are the source's turned a quarter clockwise (EXIF 6), not
+    // counter-clockwise (8) nor transposed (5), which give the same size. (The picture has no
+    // symmetry, so the wrong turns are far below the bound.)
+    let stored = reference_luma(&rotated).expect("reference");
+    let png = Gray {
+        width: ow as usize,
+        height: oh as usize,
+        pixels: samples,
+    };
+    let db = |orientation: u8| psnr(&png, &stored.displayed(orientation));
+    assert!(db(6) > 40.0, "turned as EXIF 6 says: {:.1} dB", db(6));
+    for wrong in [5, 7, 8] {
+        assert!(
+            db(wrong) < 20.0,
+            "as EXIF {wrong} would turn it: {:.1} dB",
+            db(wrong)
+        );
+    }
 }
 
 #[test]

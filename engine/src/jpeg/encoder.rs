@@ -20,8 +20,7 @@ use crate::error::Result;
 /// Ties go toward zero. A source quantized finely holds many values exactly halfway between two
 /// output steps (with source step 1, every even value for an even output step); both neighbours
 /// are equally close, and zero is the one that costs no bits. Rounding them away from zero, as
-/// libjpeg rounds pixels' coefficients, made the output of nikon-d3100 (a source quantized with
-/// step 1) 26 % larger for no gain in PSNR.
+/// libjpeg rounds pixels' coefficients, spends bits on those values for no gain in PSNR.
 pub(crate) struct Requantizer {
     /// Per zigzag position: source step, output step, and `ceil(2^40 / output step)`.
     source: [u32; 64],

@@ -10,6 +10,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Far above every deadline the tests configure: only a hung producer reaches it.
 const HUNG: Duration = Duration::from_secs(60);
+/// The idle bound of the deadlines test.
+const IDLE: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_and_dripping_uploads_end_at_their_deadlines_while_good_ones_land() {
@@ -20,7 +22,10 @@ async fn stalled_and_dripping_uploads_end_at_their_deadlines_while_good_ones_lan
         "deadlines",
         &amqp_url(),
         &[
-            ("CLOUDIMG_UPLOAD_IDLE_TIMEOUT", "4s"),
+            (
+                "CLOUDIMG_UPLOAD_IDLE_TIMEOUT",
+                &format!("{}s", IDLE.as_secs()),
+            ),
             ("CLOUDIMG_UPLOAD_TIMEOUT", "10s"),
             ("CLOUDIMG_MAX_STREAMS", "2"),
         ],
@@ -31,6 +36,7 @@ async fn stalled_and_dripping_uploads_end_at_their_deadlines_while_good_ones_lan
     // other its metadata and the first bytes); a third upload on A must wait for a free stream.
     let a = producer.connect().await;
     producer.wait_health(&a, ServingStatus::Serving).await;
+    let opened = std::time::Instant::now();
     let (stalled_meta, meta_only) = open_upload(&a, vec![metadata(good.len())]);
     let (stalled_head, head_only) =
         open_upload(&a, vec![metadata(good.len()), chunk(&good[..100])]);
@@ -61,6 +67,20 @@ async fn stalled_and_dripping_uploads_end_at_their_deadlines_while_good_ones_lan
     });
 
     let mut problems = Vec::new();
+    // Held, not refused early: just before the idle bound both stalled uploads are still open.
+    tokio::time::sleep(
+        (opened + IDLE - Duration::from_millis(500))
+            .saturating_duration_since(std::time::Instant::now()),
+    )
+    .await;
+    if meta_only.is_finished() || head_only.is_finished() {
+        problems.push(format!(
+            "a stalled upload was answered before the {IDLE:?} idle bound: metadata only {}, \
+             first bytes {}",
+            meta_only.is_finished(),
+            head_only.is_finished()
+        ));
+    }
     for (what, call, tx) in [
         ("metadata only", meta_only, stalled_meta),
         ("first bytes only", head_only, stalled_head),

@@ -20,12 +20,17 @@ fn start_upload(
     open_upload(channel, vec![metadata(data.len()), chunk(&data[..head])])
 }
 
+/// The drain bound of the stalled-upload test.
+const DRAIN: Duration = Duration::from_secs(2);
+
 fn start(drain_seconds: &str) -> Producer {
-    Producer::start(
-        "drain",
-        &amqp_url(),
-        &[("CLOUDIMG_DRAIN_SECONDS", drain_seconds)],
-    )
+    start_with(drain_seconds, &[])
+}
+
+fn start_with(drain_seconds: &str, env: &[(&str, &str)]) -> Producer {
+    let mut env = env.to_vec();
+    env.push(("CLOUDIMG_DRAIN_SECONDS", drain_seconds));
+    Producer::start("drain", &amqp_url(), &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,14 +81,27 @@ async fn a_stalled_upload_cannot_hold_the_drain_past_its_bound_and_is_never_ok()
     let Some(connection) = broker().await else {
         return;
     };
-    let mut producer = start("2");
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let mut producer = start_with(
+        &DRAIN.as_secs().to_string(),
+        &[("CLOUDIMG_METRICS_LISTEN", &listen)],
+    );
     let channel = producer.connect().await;
     producer.wait_health(&channel, ServingStatus::Serving).await;
     let data = photo(96, 64);
     let (tx, call) = start_upload(&channel, &data, 100);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: the producer holds its bytes (the budget's gauge) and has not answered it.
+    let held = metric(metrics_port, "cloudimg_upload_bytes_reserved");
+    assert!(
+        held.is_some_and(|b| b > 0.0) && !call.is_finished(),
+        "the upload is not in flight before SIGTERM: {held:?} bytes held, answered {}",
+        call.is_finished()
+    );
     let asked = Instant::now();
     producer.sigterm();
+    let signalled = asked.elapsed();
     let exit = producer.wait_exit(Duration::from_secs(10));
     let answer = tokio::time::timeout(Duration::from_secs(10), call)
         .await
@@ -92,13 +110,50 @@ async fn a_stalled_upload_cannot_hold_the_drain_past_its_bound_and_is_never_ok()
     drop(tx);
     let on_queue = producer.drain_queue(&connection).await;
     producer.cleanup(&connection).await;
-    let (status, _) = exit.expect("the producer exits once the drain bound passes");
+    let (status, took) = exit.expect("the producer exits once the drain bound passes");
     assert!(status.success(), "{status:?}");
-    let took = asked.elapsed();
+    // It waited for the upload as long as the bound (a drain that ignored the upload would exit
+    // at once), and no longer.
+    // (`took` counts from after the signal was sent, the drain from after `asked`.)
+    let since_asked = signalled + took;
     assert!(
-        took < Duration::from_secs(6),
-        "exit took {took:?} with a 2 s bound"
+        since_asked >= DRAIN && took < DRAIN + Duration::from_secs(4),
+        "exit {since_asked:?} after SIGTERM with a {DRAIN:?} bound"
     );
     assert!(answer.is_err(), "a cut upload was answered {answer:?}");
+    assert!(on_queue.is_empty(), "a cut upload reached the queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_130_without_waiting_for_the_drain() {
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let mut producer = start("30");
+    let channel = producer.connect().await;
+    producer.wait_health(&channel, ServingStatus::Serving).await;
+    let data = photo(96, 64);
+    let (tx, call) = start_upload(&channel, &data, 100);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producer.sigterm();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let draining = producer.child.try_wait().unwrap().is_none();
+    producer.sigterm();
+    let exit = producer.wait_exit(Duration::from_secs(10));
+    drop(tx);
+    let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+    let on_queue = producer.drain_queue(&connection).await;
+    producer.cleanup(&connection).await;
+    assert!(draining, "the first signal did not start a drain");
+    let (status, took) = exit.expect("the second signal ends the process");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?}, not at once"
+    );
+    assert!(
+        !matches!(answer, Ok(Ok(Ok(_)))),
+        "the upload cut by the exit was answered OK: {answer:?}"
+    );
     assert!(on_queue.is_empty(), "a cut upload reached the queue");
 }

@@ -468,7 +468,6 @@ async fn get_job_answers_pending_done_and_failed_from_the_store() {
     assert_eq!(status.code(), Code::InvalidArgument);
     p.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
-    let _ = Duration::ZERO;
 }
 
 #[tokio::test]

@@ -215,6 +215,12 @@ pub struct StoreArgs {
     /// S3 region; by default the SDK's chain, else us-east-1.
     #[arg(long = "s3-region", env = "AWS_REGION")]
     pub region: Option<String>,
+    /// The longest one S3 request attempt may take (`30s`, `500ms`) before the SDK gives it up
+    /// and retries (3 attempts); past them the shells see a transient store error. A stalled
+    /// connection otherwise holds a job, or a `GetJob` call, for as long as TCP keeps it.
+    #[arg(long = "s3-attempt-timeout", env = "CLOUDIMG_S3_ATTEMPT_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub attempt_timeout: Duration,
 }
 
 /// Which store to use.
@@ -224,6 +230,8 @@ pub enum StoreSettings {
         bucket: String,
         endpoint: Option<String>,
         region: Option<String>,
+        /// One request attempt's timeout (`CLOUDIMG_S3_ATTEMPT_TIMEOUT`).
+        attempt_timeout: Duration,
     },
     Local {
         dir: PathBuf,
@@ -240,6 +248,7 @@ impl StoreArgs {
                 bucket,
                 endpoint: nonempty(&self.endpoint),
                 region: nonempty(&self.region),
+                attempt_timeout: self.attempt_timeout,
             },
             (None, Some(dir)) if !dir.as_os_str().is_empty() => {
                 StoreSettings::Local { dir: dir.clone() }
@@ -430,6 +439,7 @@ mod tests {
             out_dir: Some("out".into()),
             endpoint: Some("http://127.0.0.1:9000".into()),
             region: None,
+            attempt_timeout: Duration::from_secs(30),
         };
         assert!(
             matches!(args.settings(), StoreSettings::S3 { bucket, endpoint: Some(_), .. } if bucket == "b")

@@ -4,7 +4,10 @@
 //! the proxies a test owns (TCP in front of RabbitMQ or S3, an S3 gate). [`producer`] adds what the
 //! producer's own tests need (the binary with an exact environment, raw uploads, AMQP frames).
 
+mod judge;
 pub mod producer;
+
+pub use judge::{FIXTURE_MIN_DB, judge};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -133,6 +136,14 @@ pub struct ManifestRow {
 }
 
 impl ManifestRow {
+    /// The PSNR a result of this file must reach against it: the engine's conformance bound for
+    /// its class, for a file marked `ok`. `None` for `either` files (the conformance test holds
+    /// only their size, as [`judge`] with a bound of 0 does) and `reject` ones.
+    pub fn min_db(&self) -> Option<f64> {
+        (self.expect == "ok")
+            .then(|| cloudimg_reference::min_db(&cloudimg_reference::corpus_class(&self.path)))
+    }
+
     /// The size the image displays at.
     pub fn displayed(&self) -> (u32, u32) {
         if (5..=8).contains(&self.orientation) {
@@ -732,6 +743,23 @@ pub fn scrape(port: u16) -> String {
     body.to_owned()
 }
 
+/// The worker's metrics once they have settled: `send --wait` sees a result as soon as it is
+/// written, and the worker counts the job after its ack, a moment later. Scrapes until the worker
+/// holds no job and `cloudimg_jobs_total` (all outcomes) has reached `jobs`, or `timeout` passes;
+/// returns the last scrape either way (the caller's checks then say what is off).
+pub async fn settled_worker_metrics(port: u16, jobs: f64, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = scrape(port);
+        let settled = metric(&text, "cloudimg_jobs_in_flight") == Some(0.0)
+            && metric(&text, "cloudimg_jobs_total").unwrap_or(0.0) >= jobs;
+        if settled || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The sum of every sample of `series` (a metric name, optionally with `{label="value"}` pairs
 /// that must all appear on the sample), or `None` when no sample matches.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
@@ -1246,6 +1274,27 @@ pub async fn upload_raw(
     }));
     client
         .upload(futures_util::stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Asks the producer's `GetJob` about `job_id` (with the key its upload was answered), as
+/// `cloudimg send --wait` does, and returns the answer as it came.
+pub async fn get_job(
+    producer: &str,
+    job_id: &str,
+    key: &str,
+) -> Result<cloudimg_runtime::proto::GetJobReply, tonic::Status> {
+    let mut client = cloudimg_runtime::proto::image_service_client::ImageServiceClient::connect(
+        format!("http://{producer}"),
+    )
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    client
+        .get_job(cloudimg_runtime::proto::GetJobRequest {
+            job_id: job_id.to_owned(),
+            key: key.to_owned(),
+        })
         .await
         .map(|r| r.into_inner())
 }

@@ -429,25 +429,18 @@ async fn convert_on_pool(
     options: Options,
     reservation: Reservation,
 ) -> Result<Converted, ConvertFailure> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let cancel = cloudimg_engine::Cancel::new();
     let budget = ctx.budget.clone();
     metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
-    ctx.pool.spawn({
+    let rx = spawn_caught(&ctx.pool, {
         let cancel = cancel.clone();
         move || {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                cloudimg_engine::convert_cancellable(&data, &options, &cancel)
-            }))
-            .unwrap_or_else(|_| {
-                Err(cloudimg_engine::Error::Internal(
-                    "the engine panicked on this input".into(),
-                ))
-            });
-            drop(data);
-            drop(reservation);
-            metrics::gauge!("cloudimg_memory_reserved_bytes").set(budget.in_use() as f64);
-            let _ = tx.send(result);
+            let held = Held {
+                data,
+                reservation: Some(reservation),
+                budget,
+            };
+            cloudimg_engine::convert_cancellable(&held.data, &options, &cancel)
         }
     });
     match tokio::time::timeout(ctx.job_timeout, rx).await {
@@ -462,6 +455,45 @@ async fn convert_on_pool(
             Err(ConvertFailure::TimedOut(ctx.job_timeout))
         }
     }
+}
+
+/// A conversion's input and memory reservation, released on the pool thread as soon as the
+/// engine is done with them (returned or panicked), before the job is answered.
+struct Held {
+    data: Bytes,
+    reservation: Option<Reservation>,
+    budget: cloudimg_runtime::budget::MemoryBudget,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.data = Bytes::new();
+        drop(self.reservation.take());
+        metrics::gauge!("cloudimg_memory_reserved_bytes").set(self.budget.in_use() as f64);
+    }
+}
+
+/// Runs `work` on the pool and answers through a oneshot; a panic in it becomes
+/// [`cloudimg_engine::Error::Internal`] (kind `internal`, dead-lettered like any engine error)
+/// instead of an unanswered job, and the pool thread lives on.
+fn spawn_caught<T, F>(
+    pool: &cloudimg_engine::batch::Pool,
+    work: F,
+) -> tokio::sync::oneshot::Receiver<Result<T, cloudimg_engine::Error>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, cloudimg_engine::Error> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    pool.spawn(move || {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
+            Err(cloudimg_engine::Error::Internal(
+                "the engine panicked on this input".into(),
+            ))
+        });
+        let _ = tx.send(result);
+    });
+    rx
 }
 
 /// Deletes a staged upload once its result exists or its job is dead-lettered (best effort: a
@@ -589,5 +621,35 @@ impl Retry<'_> {
                 _ = self.shutdown.cancelled() => return Err(Stop::Released(e.to_string())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's "a panic in the engine is caught on the pool thread and dead-lettered as
+    /// `internal`": no input is known to panic the engine, and the engine has no hook to make it,
+    /// so the panic is injected here, in the one function every conversion goes through. A job
+    /// whose conversion fails with kind `internal` is dead-lettered like any engine error
+    /// (`tests/jobs.rs` and the poison sweep prove that path over the broker).
+    #[tokio::test]
+    async fn a_panic_on_the_pool_is_an_internal_failure_and_the_pool_lives_on() {
+        let pool = cloudimg_engine::batch::Pool::new(1).unwrap();
+        let panicked = spawn_caught(&pool, || -> Result<(), cloudimg_engine::Error> {
+            panic!("injected by the test")
+        })
+        .await
+        .expect("answered, not dropped");
+        let error = panicked.unwrap_err();
+        assert!(
+            matches!(error, cloudimg_engine::Error::Internal(_)),
+            "{error:?}"
+        );
+        assert_eq!(FailureKind::from(error.kind()), FailureKind::Internal);
+        assert_eq!(FailureKind::Internal.as_str(), "internal");
+        // The pool's only thread survived it and takes the next job.
+        let next = spawn_caught(&pool, || Ok(7)).await.unwrap();
+        assert_eq!(next.unwrap(), 7);
     }
 }

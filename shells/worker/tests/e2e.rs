@@ -1,6 +1,7 @@
 //! End to end on real servers: the real `cloudimg-producer` and `cloudimg-worker` binaries against
 //! RabbitMQ and the S3 endpoint `scripts/test.sh` starts (moto), fed by the real `cloudimg send`.
-//! Every object that lands in the bucket is checked.
+//! Every object that lands in the bucket is checked, and judged against its own source (luma PSNR
+//! from independent decoders, as displayed), so a swapped, blank or mis-turned result fails.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
@@ -36,10 +37,15 @@ async fn send_and_wait(address: &str, paths: &[PathBuf]) -> Sent {
 struct Expected {
     displayed: (u32, u32),
     source_name: String,
+    /// The file sent, its EXIF orientation, and the PSNR its result must reach against it.
+    source: PathBuf,
+    orientation: u32,
+    min_db: f64,
 }
 
 /// Checks one result: a grayscale JPEG of the right displayed size, with the contract's
-/// content type and metadata. Returns a description of every mismatch.
+/// content type and metadata, whose pixels are its own source's luma (the conformance bound).
+/// Returns a description of every mismatch.
 async fn check_result(
     bucket: &Bucket,
     record: &serde_json::Value,
@@ -82,6 +88,10 @@ async fn check_result(
         ));
     }
     let data = object.body.collect().await.unwrap().into_bytes();
+    let source = std::fs::read(&expected.source).unwrap();
+    if let Err(e) = judge(&source, expected.orientation, &data, expected.min_db) {
+        problems.push(format!("{file}: {e}"));
+    }
     let image = match ResultImage::decode(&data) {
         Ok(image) => image,
         Err(e) => {
@@ -138,21 +148,22 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        if row.path.starts_with("bench/") && row.expect == "ok" {
+        let Some(min_db) = row.min_db() else {
+            continue;
+        };
+        let sent_by_name = row.path.starts_with("conformance/");
+        if sent_by_name || row.path.starts_with("bench/") {
+            if sent_by_name {
+                paths.push(path.clone());
+            }
             expected.insert(
                 path.display().to_string(),
                 Expected {
                     displayed: row.displayed(),
                     source_name: name,
-                },
-            );
-        } else if row.path.starts_with("conformance/") && row.expect == "ok" {
-            paths.push(path.clone());
-            expected.insert(
-                path.display().to_string(),
-                Expected {
-                    displayed: row.displayed(),
-                    source_name: name,
+                    source: path.clone(),
+                    orientation: row.orientation,
+                    min_db,
                 },
             );
         }
@@ -194,6 +205,9 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
         Expected {
             displayed: (2000, 1500),
             source_name: "large.jpg".into(),
+            source: large.clone(),
+            orientation: 1,
+            min_db: FIXTURE_MIN_DB,
         },
     );
 
@@ -277,14 +291,19 @@ async fn two_uploads_with_the_same_file_name_produce_two_results() {
     let mut objects = bucket.keys().await;
     objects.sort();
     let mut sizes = Vec::new();
-    for key in &objects {
-        let data = bucket.get(key).await.unwrap();
-        let image = ResultImage::decode(&data).unwrap();
-        assert_eq!(
-            image.orientation, 1,
-            "{key}: the fixtures carry no orientation"
-        );
-        sizes.push(image.stored);
+    let mut judged = Vec::new();
+    for record in &sent.records {
+        let key = record["key"].as_str().unwrap_or_default();
+        let data = bucket.get(key).await.unwrap_or_default();
+        let source = std::fs::read(record["file"].as_str().unwrap()).unwrap();
+        judged.push(judge(&source, 1, &data, FIXTURE_MIN_DB).map_err(|e| format!("{key}: {e}")));
+        if let Ok(image) = ResultImage::decode(&data) {
+            assert_eq!(
+                image.orientation, 1,
+                "{key}: the fixtures carry no orientation"
+            );
+            sizes.push(image.stored);
+        }
     }
     delete_queues(&connection, &queue).await;
     bucket.delete().await;
@@ -297,4 +316,78 @@ async fn two_uploads_with_the_same_file_name_produce_two_results() {
     assert_eq!(objects.len(), 2, "expected two results, found {objects:?}");
     sizes.sort();
     assert_eq!(sizes, vec![(64, 48), (80, 120)]);
+    // Each result is its own upload's picture, not the other `photo.jpg`'s.
+    for judged in judged {
+        judged.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_format_png_lands_a_gray_png_turned_upright_with_its_sources_pixels() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let Some(corpus) = corpus() else { return };
+    // A photo stored 1200x1800 with EXIF orientation 6: it displays 1800x1200. PNG viewers ignore
+    // EXIF, so the PNG must hold the turned pixels.
+    let name = "conformance/jpeg/exif_orientation/photo_landscape_orientation_6.jpg";
+    let row = manifest(&corpus)
+        .into_iter()
+        .find(|r| r.path == name)
+        .unwrap_or_else(|| panic!("{name} is not in the manifest"));
+    assert_eq!((row.orientation, row.displayed()), (6, (1800, 1200)));
+    let source_path = corpus.join(name);
+    let source = std::fs::read(&source_path).unwrap();
+    let bucket = Bucket::create(&endpoint).await;
+    let queue = unique_queue("png");
+    let (shells, mut producer, mut worker, address) =
+        start_pipeline(&queue, &bucket, &endpoint, 8 << 20);
+    let args: Vec<OsString> = vec![
+        "--wait".into(),
+        "--format".into(),
+        "png".into(),
+        source_path.clone().into_os_string(),
+    ];
+    let sent = send_async(&address, args).await;
+    let stopped = stop_shells(&mut producer, &mut worker);
+    let key = sent
+        .records
+        .first()
+        .and_then(|r| r["key"].as_str())
+        .map(str::to_owned);
+    let object = match &key {
+        Some(key) => bucket
+            .client
+            .get_object()
+            .bucket(&bucket.name)
+            .key(key)
+            .send()
+            .await
+            .ok(),
+        None => None,
+    };
+    let (content_type, data) = match object {
+        Some(o) => (
+            o.content_type().map(str::to_owned),
+            o.body.collect().await.unwrap().into_bytes().to_vec(),
+        ),
+        None => (None, Vec::new()),
+    };
+    delete_queues(&connection, &queue).await;
+    bucket.delete().await;
+    shells.assert_no_problems(&stopped);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    let key = key.unwrap();
+    assert!(key.ends_with(".png"), "{key}");
+    assert_eq!(content_type.as_deref(), Some("image/png"));
+    // Decoded whole by the png crate, one gray channel, upright (displayed size as stored), and
+    // the source's own luma turned the EXIF way (the conformance bound of its class).
+    let db =
+        judge(&source, 6, &data, row.min_db().unwrap()).unwrap_or_else(|e| panic!("{key}: {e}"));
+    // Left as stored, the same pixels would display 1200x1800: the judge sees the turn.
+    assert!(judge(&source, 1, &data, 0.0).is_err());
+    eprintln!("send --format png: {key}, {db:.2} dB against the turned source");
 }

@@ -46,7 +46,8 @@ async fn metrics_endpoints_count_a_mixed_run_by_outcome_stage_and_kind() {
     let sent = send_async(&address, args).await;
     assert_eq!(sent.code, Some(1), "{sent:?}");
 
-    let (p, w) = (scrape(pm), scrape(wm));
+    let w = settled_worker_metrics(wm, 4.0, Duration::from_secs(20)).await;
+    let p = scrape(pm);
     let mut problems = Vec::new();
     let mut expect = |text: &str, who: &str, series: &str, check: &dyn Fn(f64) -> bool| {
         let value = metric(text, series);

@@ -4,7 +4,8 @@
 //!   (`CLOUDIMG_TOKEN`): the client trusts a test CA with `--ca-cert` and reaches `https://`;
 //!   without the CA, over plain HTTP, or without the token it fails and exits non-zero.
 //! * No credential (the token, the broker password, the S3 secret key) appears in any log line,
-//!   even at `RUST_LOG=debug`, and JSON logs are one JSON object per line.
+//!   even at `RUST_LOG=debug`, and JSON logs are one JSON object per line; `--help` of every
+//!   binary lists the settings' environment variables without the secrets they hold.
 //! * `amqps://` end to end through a TLS-terminating stunnel in front of RabbitMQ, with the test CA
 //!   given as `CLOUDIMG_AMQP_CA`; a plain AMQP client cannot talk to that port, and a client that
 //!   does not trust the CA is refused.
@@ -14,7 +15,67 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cloudimg_runtime::settings::BrokerSettings;
+use cloudimg_test_support::binary as binary_path;
 use cloudimg_test_support::*;
+
+#[test]
+fn help_never_prints_a_secret_set_in_the_environment() {
+    let secrets = [
+        (
+            "AMQP_URL",
+            "amqp://user:amqp-secret-4f1e@127.0.0.1:5672/%2f",
+            "amqp-secret-4f1e",
+        ),
+        ("CLOUDIMG_TOKEN", "token-secret-9c2b", "token-secret-9c2b"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "aws-secret-7d3a",
+            "aws-secret-7d3a",
+        ),
+    ];
+    let helps: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "cloudimg-producer",
+            &["--help"],
+            &["AMQP_URL", "CLOUDIMG_TOKEN"],
+        ),
+        ("cloudimg-worker", &["--help"], &["AMQP_URL"]),
+        ("cloudimg", &["send", "--help"], &["CLOUDIMG_TOKEN"]),
+        ("cloudimg", &["--help"], &[]),
+    ];
+    let mut problems = Vec::new();
+    for (binary, args, names) in helps {
+        let mut command = Command::new(binary_path(binary));
+        without_inherited_settings(&mut command).args(args);
+        for (name, value, _) in secrets {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            problems.push(format!("{binary} {args:?}: exit {:?}", out.status));
+        }
+        // The help is there and names the variables (so the check below looked at the right
+        // text), but not what they hold.
+        for name in names {
+            if !text.contains(&format!("env: {name}")) {
+                problems.push(format!("{binary} {args:?} does not name {name}: {text}"));
+            }
+        }
+        for (name, _, secret) in secrets {
+            if text.contains(secret) {
+                problems.push(format!(
+                    "{binary} {args:?} prints the {name} secret: {text}"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
 
 fn rabbitmqctl(args: &[&str]) -> bool {
     Command::new("rabbitmqctl")

@@ -1,10 +1,12 @@
-//! Sustained load (a long run: only with `CLOUDIMG_LONG=1`): at least 2,000 images
-//! (`CLOUDIMG_SOAK_IMAGES`; generated 0.3 to 1.9 MP JPEGs with a real 8 to 24 MP photo from the
-//! corpus every 20th) queued through the real producer while no worker runs, then drained by
-//! one worker process (concurrency 2) writing to the S3 endpoint. The worker's resident memory is
-//! sampled every 200 ms while the queue shrinks from thousands to zero: it must stay under the
-//! documented bound and must not depend on the queue's length (the prefetch bounds what it holds),
-//! and every image must land.
+//! Sustained load: images (generated 0.3 to 1.9 MP JPEGs with a real 8 to 24 MP photo from the
+//! corpus every 20th) queued through the real producer while no worker runs, then drained by one
+//! worker process (concurrency 2) writing to the S3 endpoint. The worker's resident memory is
+//! sampled every 200 ms while the queue shrinks to zero: it must stay under a bound and must not
+//! depend on the queue's length (the prefetch bounds what it holds), and every image must land.
+//!
+//! * The short soak (every run): 300 images, the bound near twice the figure measured for it.
+//! * The long soak (only with `CLOUDIMG_LONG=1`): at least 2,000 images (`CLOUDIMG_SOAK_IMAGES`)
+//!   against the documented bound.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -14,22 +16,41 @@ use cloudimg_test_support::*;
 /// The documented bound (README, "Operations"): one worker at concurrency 2, photos to 24 MP.
 const RSS_BOUND_MIB: u64 = 256;
 
+/// The short soak's images and bound: about twice its measured peak RSS, so a doubling of what a
+/// worker holds fails the default run, not only the long one.
+const SHORT_IMAGES: usize = 300;
+const SHORT_RSS_BOUND_MIB: u64 = 2 * MEASURED_MIB;
+/// Peak worker RSS of the short soak, 2026-11-28: 43 MiB (medians 37 MiB while the queue was
+/// long, 43 MiB while short; 300 images drained in 5.0 s by the debug build). `cargo test -p
+/// cloudimg-worker --test soak -- --nocapture` under the test script's services prints it.
+const MEASURED_MIB: u64 = 43;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_drains_with_worker_memory_bounded_and_flat() {
+    soak(SHORT_IMAGES, SHORT_RSS_BOUND_MIB).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_images_drain_with_worker_memory_bounded_and_flat() {
     if std::env::var("CLOUDIMG_LONG").as_deref() != Ok("1") {
         record_skip("a long run; set CLOUDIMG_LONG=1 to run it");
         return;
     }
+    let images: usize = std::env::var("CLOUDIMG_SOAK_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    soak(images, RSS_BOUND_MIB).await;
+}
+
+/// Queues `images`, drains them with one worker, and holds its RSS under `bound_mib` and flat.
+async fn soak(images: usize, bound_mib: u64) {
     let Some(endpoint) = s3_endpoint() else {
         return;
     };
     let Some(connection) = broker().await else {
         return;
     };
-    let images: usize = std::env::var("CLOUDIMG_SOAK_IMAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
     let bucket = Bucket::create(&endpoint).await;
     let queue = unique_queue("soak");
     let shells = Shells::on_s3(&queue, &bucket, &endpoint);
@@ -156,8 +177,8 @@ async fn thousands_of_images_drain_with_worker_memory_bounded_and_flat() {
     assert_eq!(results, images, "every image lands");
     assert_eq!((dead, left), (0, 0));
     assert!(
-        max / 1024 <= RSS_BOUND_MIB,
-        "worker RSS reached {} MiB, over the documented {RSS_BOUND_MIB} MiB",
+        max / 1024 <= bound_mib,
+        "worker RSS reached {} MiB, over the bound of {bound_mib} MiB",
         max / 1024
     );
     assert!(

@@ -8,7 +8,7 @@
 //! * **SIGTERM**: the worker stops consuming, finishes and acks what it holds, and exits 0 within
 //!   a bounded time; every job is then either written or still queued, never both, never neither.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ struct Run {
     producer: Service,
     _images_dir: TempDir,
     accepted: BTreeSet<String>,
+    /// Each accepted key's source file.
+    sources: BTreeMap<String, OsString>,
 }
 
 /// Producer and a first worker on a fresh queue and bucket, all `IMAGES` accepted.
@@ -64,11 +66,15 @@ async fn start_run(what: &str) -> Option<(Run, Service)> {
     )
     .await;
     assert_eq!(sent.code, Some(0), "{sent:?}");
-    let accepted: BTreeSet<String> = sent
+    let sources: BTreeMap<String, OsString> = sent
         .records
         .iter()
-        .map(|r| r["key"].as_str().unwrap().to_owned())
+        .map(|r| {
+            let key = r["key"].as_str().unwrap().to_owned();
+            (key, OsString::from(r["file"].as_str().unwrap()))
+        })
         .collect();
+    let accepted: BTreeSet<String> = sources.keys().cloned().collect();
     assert_eq!(accepted.len(), IMAGES);
     let worker = shells.worker(&[]);
     Some((
@@ -80,6 +86,7 @@ async fn start_run(what: &str) -> Option<(Run, Service)> {
             producer,
             _images_dir: dir,
             accepted,
+            sources,
         },
         worker,
     ))
@@ -98,7 +105,8 @@ impl Run {
         }
     }
 
-    /// Every accepted image is exactly one grayscale object at its own key; nothing else, and
+    /// Every accepted image is exactly one grayscale object at its own key, holding its own
+    /// source's picture ([`judge`]); nothing else, and
     /// nothing queued once the last acks have reached the broker (waited for up to 10 s).
     async fn check_all_landed_once(&self) -> Vec<String> {
         let (connection, queue) = (&self.connection, &self.queue);
@@ -115,11 +123,16 @@ impl Run {
                 keys.difference(&self.accepted).collect::<Vec<_>>()
             ));
         }
-        for key in &self.accepted {
+        for (key, source) in &self.sources {
             match self.bucket.get(key).await {
                 Some(data) => {
                     if !ResultImage::decode(&data).is_ok_and(|image| image.is_grayscale()) {
                         problems.push(format!("{key} is not a grayscale JPEG"));
+                    }
+                    // Its own source's picture, whichever worker wrote it.
+                    let source = std::fs::read(source).unwrap();
+                    if let Err(e) = judge(&source, 1, &data, FIXTURE_MIN_DB) {
+                        problems.push(format!("{key}: {e}"));
                     }
                 }
                 None => problems.push(format!("{key} is missing")),
@@ -285,4 +298,194 @@ async fn sigterm_mid_run_acks_what_the_worker_holds_and_exits_0_quickly() {
         problems.push(format!("second worker on SIGTERM: {w:?}"));
     }
     run.finish(problems).await;
+}
+
+/// What S3 says about an object: enough to see whether anything rewrote it.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    bytes: Vec<u8>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    metadata: BTreeMap<String, String>,
+}
+
+async fn stored(bucket: &Bucket, key: &str) -> Option<Stored> {
+    let object = bucket
+        .client
+        .get_object()
+        .bucket(&bucket.name)
+        .key(key)
+        .send()
+        .await
+        .ok()?;
+    Some(Stored {
+        etag: object.e_tag().map(str::to_owned),
+        last_modified: object.last_modified().map(|t| t.to_string()),
+        metadata: object
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        bytes: object.body.collect().await.unwrap().into_bytes().to_vec(),
+    })
+}
+
+/// Takes every message of `queue` without acking it (on `channel`), by job id.
+async fn take_all(channel: &lapin::Channel, queue: &str) -> BTreeMap<String, (lapin::Acker, bool)> {
+    use lapin::options::BasicGetOptions;
+    let mut taken = BTreeMap::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+    {
+        let headers = message.delivery.properties.headers().clone();
+        let id = cloudimg_runtime::amqp::header_str(headers.as_ref(), "x-cloudimg-job-id")
+            .expect("a job id header");
+        taken.insert(id, (message.delivery.acker, message.delivery.redelivered));
+    }
+    taken
+}
+
+async fn requeue(taken: BTreeMap<String, (lapin::Acker, bool)>) {
+    for (acker, _) in taken.into_values() {
+        acker
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_job_whose_result_exists_is_acked_without_writing_anything() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let Some(connection) = broker().await else {
+        return;
+    };
+    let bucket = Bucket::create(&endpoint).await;
+    let queue = unique_queue("redeliver");
+    let shells = Shells::on_s3(&queue, &bucket, &endpoint);
+    let (mut producer, address) = shells.producer(&[]);
+    let dir = TempDir::new("redeliver");
+    // Two jobs queued with no worker running: `done` will have a result before the worker sees
+    // it, `fresh` will not.
+    let files: Vec<OsString> = (0..2)
+        .map(|i| {
+            let path = dir.0.join(format!("img-{i}.jpg"));
+            std::fs::write(&path, fixture_jpeg(320, 240, 70 + i, 40, 90)).unwrap();
+            path.into_os_string()
+        })
+        .collect();
+    let sent = send_async(&address, files).await;
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    let (done, fresh) = (&sent.records[0], &sent.records[1]);
+    let id = |r: &serde_json::Value| r["job_id"].as_str().unwrap().to_owned();
+    let key = |r: &serde_json::Value| r["key"].as_str().unwrap().to_owned();
+
+    // A consumer takes both, as a worker would, and writes `done`'s result before giving both
+    // back: what a worker leaves when it dies between the write and the ack. The result written
+    // here is a real conversion, at quality 50 and with a metadata mark, so a rewrite by the
+    // worker (quality 85, its own metadata) would change its bytes, ETag and metadata.
+    let channel = connection.create_channel().await.unwrap();
+    let taken = take_all(&channel, &queue).await;
+    assert_eq!(taken.len(), 2, "both jobs are on the queue");
+    let source = std::fs::read(done["file"].as_str().unwrap()).unwrap();
+    let options = cloudimg_engine::Options {
+        quality: cloudimg_engine::Quality::Level(50),
+        ..Default::default()
+    };
+    let written = cloudimg_engine::convert(&source, &options).unwrap().data;
+    bucket
+        .client
+        .put_object()
+        .bucket(&bucket.name)
+        .key(key(done))
+        .content_type("image/jpeg")
+        .metadata("job-id", id(done))
+        .metadata("written-by", "the test, before the redelivery")
+        .body(written.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let before = stored(&bucket, &key(done)).await.unwrap();
+    requeue(taken).await;
+    // The broker marks both redelivered (seen here, and given back once more).
+    let again = take_all(&channel, &queue).await;
+    let marked = again
+        .values()
+        .filter(|(_, redelivered)| *redelivered)
+        .count();
+    requeue(again).await;
+    let _ = channel.close(200, "requeued".into()).await;
+    // A rewrite would now carry a later Last-Modified (S3 keeps whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let wm = free_port();
+    let mut worker = shells.worker(&[("CLOUDIMG_METRICS_LISTEN", &format!("127.0.0.1:{wm}"))]);
+    let fresh_landed = eventually(Duration::from_secs(60), async || {
+        bucket.get(&key(fresh)).await.is_some()
+    })
+    .await;
+    let metrics = settled_worker_metrics(wm, 2.0, Duration::from_secs(20)).await;
+    let count = |outcome: &str| {
+        metric(
+            &metrics,
+            &format!("cloudimg_jobs_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let after = stored(&bucket, &key(done)).await.unwrap();
+    let mut problems = Vec::new();
+    if marked != 2 {
+        problems.push(format!("{marked} of 2 messages marked redelivered"));
+    }
+    if (count("already_done"), count("done")) != (1.0, 1.0) {
+        problems.push(format!(
+            "outcomes: already_done {}, done {} (expected 1 and 1): {metrics}",
+            count("already_done"),
+            count("done")
+        ));
+    }
+    if after != before || after.bytes != written {
+        problems.push(format!(
+            "the existing result changed: ETag {:?} -> {:?}, Last-Modified {:?} -> {:?}, \
+             metadata {:?} -> {:?}, {} -> {} bytes",
+            before.etag,
+            after.etag,
+            before.last_modified,
+            after.last_modified,
+            before.metadata,
+            after.metadata,
+            before.bytes.len(),
+            after.bytes.len()
+        ));
+    }
+    // The redelivery whose result did not exist was converted: its own picture.
+    let fresh_source = std::fs::read(fresh["file"].as_str().unwrap()).unwrap();
+    let fresh_result = bucket.get(&key(fresh)).await.unwrap_or_default();
+    if !fresh_landed {
+        problems.push("the redelivered job without a result never landed".into());
+    } else if let Err(e) = judge(&fresh_source, 1, &fresh_result, FIXTURE_MIN_DB) {
+        problems.push(format!("{}: {e}", key(fresh)));
+    }
+    let mut keys = bucket.keys().await;
+    keys.sort();
+    let mut want = vec![key(done), key(fresh)];
+    want.sort();
+    if keys != want {
+        problems.push(format!("bucket holds {keys:?}, expected {want:?}"));
+    }
+    let queued = message_count(&connection, &queue).await;
+    let dead = message_count(&connection, &format!("{queue}.dead")).await;
+    if queued != 0 || dead != 0 {
+        problems.push(format!("{queued} still queued, {dead} dead-lettered"));
+    }
+    problems.extend(stop_shells(&mut producer, &mut worker));
+    delete_queues(&connection, &queue).await;
+    bucket.delete().await;
+    shells.assert_no_problems(&problems);
 }

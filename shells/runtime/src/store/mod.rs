@@ -72,8 +72,15 @@ impl Store {
                 bucket,
                 endpoint,
                 region,
+                attempt_timeout,
             } => Ok(Some(Store::S3(
-                S3Store::connect(bucket, endpoint.as_deref(), region.as_deref()).await,
+                S3Store::connect(
+                    bucket,
+                    endpoint.as_deref(),
+                    region.as_deref(),
+                    *attempt_timeout,
+                )
+                .await,
             ))),
             #[cfg(not(feature = "s3"))]
             StoreSettings::S3 { .. } => Err(Error::Config(

@@ -51,8 +51,14 @@ pub struct S3Store {
 
 impl S3Store {
     /// Builds a client for `bucket`. Nothing is sent until the first call: a missing bucket or
-    /// bad credentials show up as store errors there.
-    pub async fn connect(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> S3Store {
+    /// bad credentials show up as store errors there. Each request attempt may take
+    /// `attempt_timeout`, the SDK's three attempts together three times that.
+    pub async fn connect(
+        bucket: &str,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+        attempt_timeout: Duration,
+    ) -> S3Store {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = region {
             loader = loader.region(Region::new(region.to_owned()));
@@ -64,8 +70,8 @@ impl S3Store {
         let mut config = aws_sdk_s3::config::Builder::from(&shared).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(30))
-                .operation_timeout(Duration::from_secs(90))
+                .operation_attempt_timeout(attempt_timeout)
+                .operation_timeout(attempt_timeout * 3)
                 .build(),
         );
         if shared.region().is_none() {
