@@ -7,8 +7,14 @@
 //! * [`decode_output`]: a result (JPEG or PNG) decoded the same way, with the EXIF orientation it
 //!   carries, and [`Gray::displayed`] to compare both as a viewer shows them;
 //! * [`psnr`] and the bounds a result must reach against its own source: [`min_db`] per corpus
-//!   class, measured on the corpus by `engine/tests/conformance.rs`.
+//!   class, measured on the corpus by `engine/tests/conformance.rs`;
+//! * [`skip`] and [`corpus`]: the one rule for a test that cannot run here (loud, and a failure
+//!   under `CI=true`) and where the corpus is.
 #![forbid(unsafe_code)]
+
+mod skip;
+
+pub use skip::{corpus, record_skip, skip};
 
 /// Every photo in the corpus's `bench/` and `bench-progressive/` must reach this PSNR at quality 85.
 pub const PHOTO_MIN_DB: f64 = 38.0;

@@ -10,60 +10,11 @@ pub mod pillow;
 // The reference decoders and comparisons live in their own crate: the shells' tests judge their
 // results with the same ones.
 #[allow(unused_imports)] // each test binary uses a different part
-pub use cloudimg_reference::{Gray, Output, decode_output, luma, over_white, psnr, reference_luma};
+pub use cloudimg_reference::{
+    Gray, Output, corpus, decode_output, luma, over_white, psnr, record_skip, reference_luma, skip,
+};
 
-use std::path::{Path, PathBuf};
-
-/// A test that cannot run here says so, loudly. Under `CI=true` a missing prerequisite is a
-/// failure (the panic), never a pass. Elsewhere the test passes, the line `SKIPPED: <reason>`
-/// goes to stderr, and the reason is appended to the file `CLOUDIMG_SKIP_LOG` names (set by
-/// `scripts/test.sh`, which counts the lines at the end: cargo captures a passing test's stderr,
-/// so a printed line alone would be lost). Returns `None` so callers can write
-/// `let Some(x) = ... else { return skip(...) }`.
-pub fn skip<T>(reason: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}: under CI=true this test must run, not skip");
-    }
-    record_skip(reason);
-    None
-}
-
-/// Prints and logs a skip without the CI rule: for tests a run opts into (the long ones).
-pub fn record_skip(reason: &str) {
-    use std::io::Write;
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    eprintln!("SKIPPED: {test}: {reason}");
-    if let Some(log) = std::env::var_os("CLOUDIMG_SKIP_LOG") {
-        // One short write per line with O_APPEND: lines from parallel tests never interleave.
-        let line = format!("{test}: {reason}\n");
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = appended {
-            panic!(
-                "cannot append to CLOUDIMG_SKIP_LOG {}: {e}",
-                log.to_string_lossy()
-            );
-        }
-    }
-}
-
-/// The corpus root: `CLOUDIMG_CORPUS`, else `../shared/corpus` from the workspace root; a skip
-/// (see [`skip`]) where it is absent.
-pub fn corpus() -> Option<PathBuf> {
-    let root = std::env::var_os("CLOUDIMG_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    if root.join("MANIFEST.tsv").is_file() {
-        return Some(root);
-    }
-    skip(&format!(
-        "corpus absent: no {} (set CLOUDIMG_CORPUS)",
-        root.join("MANIFEST.tsv").display()
-    ))
-}
+use std::path::Path;
 
 /// One row of MANIFEST.tsv.
 #[derive(Debug, Clone)]

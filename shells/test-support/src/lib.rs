@@ -7,6 +7,7 @@
 mod judge;
 pub mod producer;
 
+pub use cloudimg_reference::{corpus, record_skip, skip};
 pub use judge::{FIXTURE_MIN_DB, judge};
 
 use std::net::TcpListener;
@@ -19,35 +20,6 @@ use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
 pub const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// Skips the test (returns `None`): fails it under `CI=true`, where every service must be there;
-/// elsewhere prints and logs the reason ([`record_skip`]).
-pub fn skip<T>(reason: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required test environment missing under CI=true: {reason}");
-    }
-    record_skip(reason);
-    None
-}
-
-/// Prints `SKIPPED: <test>: <reason>` and appends it to the file `CLOUDIMG_SKIP_LOG` names
-/// (`scripts/test.sh` counts those lines at the end: cargo hides a passing test's output), without
-/// the CI rule: for tests a run opts into, such as the long soak.
-pub fn record_skip(reason: &str) {
-    use std::io::Write;
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    eprintln!("SKIPPED: {test}: {reason}");
-    if let Some(log) = std::env::var_os("CLOUDIMG_SKIP_LOG") {
-        // One short write with O_APPEND: lines from parallel tests never interleave.
-        let line = format!("{test}: {reason}\n");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .unwrap_or_else(|e| panic!("cannot append to CLOUDIMG_SKIP_LOG: {e}"));
-    }
-}
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL")
@@ -107,21 +79,6 @@ pub async fn message_count(connection: &lapin::Connection, queue: &str) -> u32 {
     .await
     .unwrap()
     .message_count()
-}
-
-/// The corpus folder, or a skip.
-pub fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var("CLOUDIMG_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
-    if dir.join("MANIFEST.tsv").is_file() {
-        Some(dir)
-    } else {
-        skip(&format!(
-            "no corpus at {} (set CLOUDIMG_CORPUS)",
-            dir.display()
-        ))
-    }
 }
 
 /// One row of `MANIFEST.tsv`.
