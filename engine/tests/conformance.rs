@@ -200,7 +200,7 @@ fn every_manifest_entry_behaves_as_expected() {
         failures.push(format!(
             "the `either` files' outcomes differ from engine/{EITHER_PINNED}:\n{}\n\
              If the change is meant, rewrite it with CLOUDIMG_UPDATE_EITHER=1 cargo test -p \
-             cloudimg-engine --test conformance, commit the diff and update the README's counts.",
+             cloudimg-engine --test conformance, commit the diff and update the counts in docs/tests.md.",
             diff.join("\n")
         ));
     }

@@ -288,6 +288,28 @@ mod tests {
 
     #[test]
     fn requantization_rounds_to_nearest_with_ties_toward_zero() {
+        // Worked by hand: magnitude x source step / output step, to the nearest, ties toward zero.
+        for (source_step, output_step, magnitude, want) in [
+            (1u16, 2u16, 1u16, 0u32), // 0.5, a tie
+            (1, 2, 3, 1),             // 1.5, a tie
+            (1, 2, 2047, 1023),       // 1023.5, a tie
+            (3, 2, 1, 1),             // 1.5, a tie
+            (4, 8, 3, 1),             // 1.5, a tie
+            (1, 3, 1, 0),             // 0.33
+            (1, 3, 2, 1),             // 0.67
+            (1, 4, 3, 1),             // 0.75
+            (16, 30, 1023, 546),      // 545.6
+            (255, 1000, 2047, 522),   // 521.985
+            (1, 16_384, 2047, 0),     // 0.125
+        ] {
+            let r = Requantizer::new(&[source_step; 64], &[output_step; 64]);
+            assert_eq!(
+                r.apply(5, magnitude),
+                want,
+                "{magnitude} x {source_step} / {output_step}"
+            );
+        }
+        // Every value and step against exact integer division with the same rounding.
         for source_step in [1u16, 2, 3, 7, 16, 99, 255, 1000] {
             for output_step in [1u16, 2, 5, 30, 99, 255, 4000, 16_384] {
                 let output_step = output_step.max(source_step);

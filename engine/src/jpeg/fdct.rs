@@ -425,7 +425,7 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx2") {
             kernels.push(("avx2", avx2_detected));
         } else {
-            crate::luma::note_untested_without_avx2("forward DCT");
+            crate::luma::note_untested_without("AVX2", "forward DCT");
         }
         kernels
     }

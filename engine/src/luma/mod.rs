@@ -10,23 +10,15 @@ pub(crate) use scalar::luma;
 pub(crate) use scalar::over_white;
 pub(crate) use scalar::rgb as scalar_rgb;
 
-/// Says that a test left a kernel untested because this CPU lacks AVX2: `SKIPPED: ...` on stderr
-/// and a line in the file `CLOUDIMG_SKIP_LOG` names, which `scripts/test.sh` counts (cargo hides a
-/// passing test's output). Not a failure under CI: an x86_64 host without AVX2 is one the engine
-/// supports, where the AVX2 kernel never runs.
+/// Says that a test left a kernel untested because this CPU lacks `feature` (AVX2, BMI2), through
+/// the tests' one skip log (`cloudimg_reference::record_skip`: `SKIPPED: ...` on stderr and a line
+/// in `CLOUDIMG_SKIP_LOG`, which `scripts/test.sh` counts). Not a failure under CI: an x86_64 host
+/// without the feature is one the engine supports, where that kernel never runs.
 #[cfg(all(test, target_arch = "x86_64"))]
-pub(crate) fn note_untested_without_avx2(kernel: &str) {
-    use std::io::Write;
-    let line = format!("{kernel}: this CPU has no AVX2, the AVX2 kernel was not tested\n");
-    eprint!("SKIPPED: {line}");
-    if let Some(log) = std::env::var_os("CLOUDIMG_SKIP_LOG") {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .expect("append to CLOUDIMG_SKIP_LOG");
-    }
+pub(crate) fn note_untested_without(feature: &str, kernel: &str) {
+    cloudimg_reference::record_skip(&format!(
+        "{kernel}: this CPU has no {feature}, the {feature} kernel was not tested"
+    ));
 }
 
 /// The instruction set the engine's kernels run on in this process.
@@ -137,7 +129,7 @@ mod tests {
                 scalar::rgba_over_white,
             ));
         } else {
-            note_untested_without_avx2("luma (rgb, rgba, rgba over white)");
+            note_untested_without("AVX2", "luma (rgb, rgba, rgba over white)");
         }
         all
     }

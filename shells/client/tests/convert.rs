@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cloudimg_reference::Gray;
+
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -79,18 +81,40 @@ fn cloudimg(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn gray_size(path: &Path) -> (u16, u16) {
+/// The luma a result of `jpeg` must show, from a decoder the engine does not use.
+fn luma_of(jpeg: &[u8]) -> Gray {
+    cloudimg_reference::reference_luma(jpeg).expect("the fixture decodes")
+}
+
+/// A flat gray image: what a flat source must give.
+fn flat(width: usize, height: usize, level: u8) -> Gray {
+    Gray {
+        width,
+        height,
+        pixels: vec![level; width * height],
+    }
+}
+
+/// Holds the result at `path` to what it must show: decoded whole by an independent decoder,
+/// one gray channel, `want`'s size, and `want`'s picture (luma PSNR at least 30 dB), so a blank,
+/// swapped or cut result fails, not only a wrong size.
+fn landed(path: &Path, want: &Gray) {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut d = jpeg_decoder::Decoder::new(&data[..]);
-    d.decode().unwrap();
-    let info = d.info().unwrap();
+    let output = cloudimg_reference::decode_output(&data)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let shown = output.gray.displayed(output.orientation);
     assert_eq!(
-        info.pixel_format,
-        jpeg_decoder::PixelFormat::L8,
-        "{}",
+        (output.channels, shown.width, shown.height),
+        (1, want.width, want.height),
+        "{}: channels and displayed size",
         path.display()
     );
-    (info.width, info.height)
+    let db = cloudimg_reference::psnr(&shown, want);
+    assert!(
+        db >= 30.0,
+        "{}: {db:.1} dB from the source's luma",
+        path.display()
+    );
 }
 
 fn files_under(dir: &Path) -> Vec<String> {
@@ -121,7 +145,7 @@ fn a_file_given_directly_lands_as_its_stem_in_gray_by_default() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(files_under(&t.path("gray")), ["Holiday Photo.jpg"]);
-    assert_eq!(gray_size(&t.path("gray/Holiday Photo.jpg")), (40, 30));
+    landed(&t.path("gray/Holiday Photo.jpg"), &luma_of(&jpeg(40, 30)));
 }
 
 #[test]
@@ -143,7 +167,7 @@ fn dots_in_a_name_are_kept_and_never_make_two_files_collide() {
         files_under(&t.path("gray")),
         ["nokia-8.3-5g.jpg", "scan.v1.jpg", "scan.v2.jpg"]
     );
-    assert_eq!(gray_size(&t.path("gray/scan.v2.jpg")), (8, 12));
+    landed(&t.path("gray/scan.v2.jpg"), &luma_of(&jpeg(8, 12)));
 }
 
 #[test]
@@ -168,8 +192,10 @@ fn folders_are_walked_recursively_keeping_relative_paths() {
             "sub/deeper/B.jpg"
         ]
     );
-    assert_eq!(gray_size(&t.path("out/sub/deeper/B.jpg")), (16, 9));
-    assert_eq!(gray_size(&t.path("out/E.jpg")), (5, 3));
+    landed(&t.path("out/sub/deeper/B.jpg"), &luma_of(&jpeg(16, 9)));
+    // Mid-gray BMP pixels; the GIF's one pixel is transparent, shown over white.
+    landed(&t.path("out/E.jpg"), &flat(5, 3, 0x80));
+    landed(&t.path("out/sub/d.jpg"), &flat(1, 1, 255));
     // Every other file is reported, never silently ignored.
     assert!(
         stderr
@@ -214,8 +240,8 @@ fn an_output_name_taken_in_this_run_is_an_error_never_an_overwrite() {
         "{stderr}"
     );
     // The first claimant's output is intact.
-    assert_eq!(gray_size(&t.path("out/photo.jpg")), (10, 10));
-    assert_eq!(gray_size(&t.path("out/pic.jpg")), (12, 12));
+    landed(&t.path("out/photo.jpg"), &luma_of(&jpeg(10, 10)));
+    landed(&t.path("out/pic.jpg"), &luma_of(&jpeg(12, 12)));
 }
 
 #[test]
@@ -268,7 +294,7 @@ fn png_output_and_quality_settings() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(gray_size(&t.path("src/a.jpg")), (24, 12));
+    landed(&t.path("src/a.jpg"), &luma_of(&jpeg(24, 12)));
     let low = cloudimg(&t.0, &["convert", "-q", "5", "-o", "low", "a.jpg"]);
     assert!(low.status.success());
     assert!(

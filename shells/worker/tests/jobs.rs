@@ -150,22 +150,23 @@ async fn a_job_becomes_a_grayscale_result_and_a_staged_upload_is_cleaned_up() {
     publish(
         &channel,
         &queue,
-        &job(&inline, image_job::Payload::Inline(Bytes::from(data))).encode_to_vec(),
+        &job(
+            &inline,
+            image_job::Payload::Inline(Bytes::from(data.clone())),
+        )
+        .encode_to_vec(),
         &inline.to_string(),
     )
     .await;
 
     let staged = JobId::random();
-    let staged_path = publish_staged(
-        &channel,
-        &queue,
-        &dir.0,
-        &staged,
-        &fixture_jpeg(64, 96, 2, 30, 90),
-    )
-    .await;
+    let staged_source = fixture_jpeg(64, 96, 2, 30, 90);
+    let staged_path = publish_staged(&channel, &queue, &dir.0, &staged, &staged_source).await;
 
-    for (id, (w, h)) in [(inline, (120, 80)), (staged, (64, 96))] {
+    for (id, source, (w, h)) in [
+        (inline, &data, (120, 80)),
+        (staged, &staged_source, (64, 96)),
+    ] {
         let result = dir
             .0
             .join(id.result_key(cloudimg_engine::OutputFormat::Jpeg));
@@ -173,9 +174,14 @@ async fn a_job_becomes_a_grayscale_result_and_a_staged_upload_is_cleaned_up() {
             wait_for_file(&result, Duration::from_secs(30)).await,
             "no result for {id}"
         );
-        let image = ResultImage::decode(&std::fs::read(&result).unwrap()).unwrap();
+        let written = std::fs::read(&result).unwrap();
+        let image = ResultImage::decode(&written).unwrap();
         assert!(image.is_grayscale());
         assert_eq!((image.stored, image.orientation), ((w, h), 1));
+        // Its own source's picture, not only a gray image of the right size.
+        if let Err(e) = judge(source, 1, &written, FIXTURE_MIN_DB) {
+            panic!("{id}: {e}");
+        }
     }
     // The staged upload is deleted once its result exists (right after the write, before the ack).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -48,7 +48,24 @@ async fn metrics_endpoints_count_a_mixed_run_by_outcome_stage_and_kind() {
 
     let w = settled_worker_metrics(wm, 4.0, Duration::from_secs(20)).await;
     let p = scrape(pm);
+    // The byte counters against the files themselves: the four accepted uploads (each fetched
+    // whole by the worker, the truncated one too) and the three results in the store.
+    let size = |path: &std::path::Path| std::fs::metadata(path).unwrap().len() as f64;
+    let accepted_bytes: f64 = ["a.jpg", "b.jpg", "large.jpg", "truncated.jpg"]
+        .iter()
+        .map(|name| size(&dir.0.join(name)))
+        .sum();
+    let done: Vec<&str> = sent
+        .records
+        .iter()
+        .filter(|r| r["status"] == "done")
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    let output_bytes: f64 = done.iter().map(|key| size(&store.0.join(key))).sum();
     let mut problems = Vec::new();
+    if done.len() != 3 {
+        problems.push(format!("{} results, expected 3: {sent:?}", done.len()));
+    }
     let mut expect = |text: &str, who: &str, series: &str, check: &dyn Fn(f64) -> bool| {
         let value = metric(text, series);
         if !value.is_some_and(check) {
@@ -56,7 +73,6 @@ async fn metrics_endpoints_count_a_mixed_run_by_outcome_stage_and_kind() {
         }
     };
     let eq = |n: f64| move |v: f64| v == n;
-    let positive = |v: f64| v > 0.0;
     // Producer.
     expect(
         &p,
@@ -70,7 +86,12 @@ async fn metrics_endpoints_count_a_mixed_run_by_outcome_stage_and_kind() {
         "cloudimg_uploads_total{outcome=\"invalid\"}",
         &eq(1.0),
     );
-    expect(&p, "producer", "cloudimg_upload_bytes_total", &positive);
+    expect(
+        &p,
+        "producer",
+        "cloudimg_upload_bytes_total",
+        &eq(accepted_bytes),
+    );
     expect(&p, "producer", "cloudimg_uploads_staged_total", &eq(1.0));
     expect(&p, "producer", "cloudimg_upload_seconds_count", &eq(4.0));
     expect(
@@ -130,8 +151,18 @@ async fn metrics_endpoints_count_a_mixed_run_by_outcome_stage_and_kind() {
         "cloudimg_job_errors_total{kind=\"invalid\"}",
         &eq(1.0),
     );
-    expect(&w, "worker", "cloudimg_input_bytes_total", &positive);
-    expect(&w, "worker", "cloudimg_output_bytes_total", &positive);
+    expect(
+        &w,
+        "worker",
+        "cloudimg_input_bytes_total",
+        &eq(accepted_bytes),
+    );
+    expect(
+        &w,
+        "worker",
+        "cloudimg_output_bytes_total",
+        &eq(output_bytes),
+    );
     expect(&w, "worker", "cloudimg_job_seconds_count", &eq(3.0));
     expect(&w, "worker", "cloudimg_queue_lag_seconds_count", &eq(4.0));
     expect(

@@ -65,19 +65,33 @@ async fn long_names_are_cut_to_fit_and_objects_s3_refuses_are_dead_lettered_as_s
 
     // 3,000 characters of é: 18,000 bytes percent-encoded, nine times S3's metadata limit.
     let long_name = format!("{}.jpg", "é".repeat(3000));
-    let long = upload_raw(&address, &long_name, fixture_jpeg(200, 150, 1, 30, 90))
+    let (long_source, good_source) = (
+        fixture_jpeg(200, 150, 1, 30, 90),
+        fixture_jpeg(200, 150, 3, 30, 90),
+    );
+    let long = upload_raw(&address, &long_name, long_source.clone())
         .await
         .expect("the producer accepts a long name");
     let refused = upload_raw(&address, "refuse-me.jpg", fixture_jpeg(200, 150, 2, 30, 90))
         .await
         .expect("accepted");
-    let good = upload_raw(&address, "good.jpg", fixture_jpeg(200, 150, 3, 30, 90))
+    let good = upload_raw(&address, "good.jpg", good_source.clone())
         .await
         .expect("accepted");
 
-    for (what, key) in [("long name", &long.key), ("good", &good.key)] {
+    for (what, key, source) in [
+        ("long name", &long.key, &long_source),
+        ("good", &good.key, &good_source),
+    ] {
         if !wait_for_key(&rig.bucket, key, Duration::from_secs(60)).await {
             problems.push(format!("the {what} upload's result {key} never landed"));
+        } else if let Err(e) = judge(
+            source,
+            1,
+            &rig.bucket.get(key).await.unwrap(),
+            FIXTURE_MIN_DB,
+        ) {
+            problems.push(format!("the {what} upload's result {key}: {e}"));
         }
     }
     let head = rig
@@ -88,18 +102,21 @@ async fn long_names_are_cut_to_fit_and_objects_s3_refuses_are_dead_lettered_as_s
         .key(&long.key)
         .send()
         .await;
-    if let Ok(head) = head {
-        let name = head
-            .metadata()
-            .and_then(|m| m.get("source-name"))
-            .cloned()
-            .unwrap_or_default();
-        let decoded = percent_decode(&name);
-        if name.len() > 1024 || !decoded.starts_with("éé") || !decoded.ends_with('…') {
-            problems.push(format!(
-                "source-name of the long name is {} bytes: {decoded:.40}…",
-                name.len()
-            ));
+    match head {
+        Err(e) => problems.push(format!("HeadObject {}: {e}", long.key)),
+        Ok(head) => {
+            let name = head
+                .metadata()
+                .and_then(|m| m.get("source-name"))
+                .cloned()
+                .unwrap_or_default();
+            let decoded = percent_decode(&name);
+            if name.len() > 1024 || !decoded.starts_with("éé") || !decoded.ends_with('…') {
+                problems.push(format!(
+                    "source-name of the long name is {} bytes: {decoded:.40}…",
+                    name.len()
+                ));
+            }
         }
     }
 

@@ -254,7 +254,7 @@ async fn a_fleet_of_three_workers_loses_one_mid_run_and_every_image_lands_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_run_acks_what_the_worker_holds_and_exits_0_quickly() {
+async fn sigterm_mid_run_acks_what_the_worker_holds_and_exits_0_before_its_drain_bound() {
     let Some((run, mut first)) = start_run("sigterm").await else {
         return;
     };
@@ -281,8 +281,13 @@ async fn sigterm_mid_run_acks_what_the_worker_holds_and_exits_0_quickly() {
             written.len()
         ));
     }
-    if took > Duration::from_secs(15) {
-        problems.push(format!("the drain took {took:?}"));
+    // It exited because it had finished what it held, not because the drain bound (30 s by
+    // default) ran out and cut the link: the log says which.
+    let log = first.log_text();
+    if !log.contains("shutdown: consumer cancelled") || log.contains("drain timed out") {
+        problems.push(format!(
+            "the drain did not finish the jobs held by itself:\n{log}"
+        ));
     }
     eprintln!(
         "SIGTERM: exit {status:?} after {:.2}s with {} written and {queued} queued",
