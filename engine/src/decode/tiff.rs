@@ -637,11 +637,13 @@ impl TiffHeader {
                 row += 1;
             }
         };
-        let input = input.iter().copied();
         let status = if self.compression == CCITT_G4 {
-            fax::decoder::decode_g4(input, width, Some(rows as u16), &mut line)
+            fax::decoder::decode_g4(input.iter().copied(), width, Some(rows as u16), &mut line)
         } else {
-            fax::decoder::decode_g3(input, &mut line)
+            // `fax` hands over a group 3 line when the next EOL arrives, and a strip may end
+            // without one (libtiff writes none after the last line): two EOLs close it.
+            let eols = [0x00, 0x10, 0x01];
+            fax::decoder::decode_g3(input.iter().chain(&eols).copied(), &mut line)
         };
         if row < rows {
             let why = if status.is_none() { "corrupt or " } else { "" };
