@@ -499,7 +499,7 @@ impl TiffHeader {
     fn chunk_range(&self, r: &Reader, i: usize) -> Result<(usize, usize)> {
         let offset = r.get(self.offsets, i)?;
         let count = r.get(self.byte_counts, i)?;
-        let end = offset.checked_add(count).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(count);
         if end > r.data.len() as u64 {
             return Err(invalid(format!(
                 "truncated: strip or tile {i} ends at byte {end}, the file at {}",
