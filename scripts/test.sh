@@ -27,6 +27,10 @@ command -v djpeg >/dev/null && command -v jpegtran >/dev/null || need_apt+=(libj
 # The security tests: openssl makes a test CA; stunnel terminates TLS in front of RabbitMQ (amqps).
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v stunnel >/dev/null || need_apt+=(stunnel4)
+# The formats test makes the TIFF cases the corpus lacks (CCITT group 3, palettes) with libtiff's
+# tools and ImageMagick 6 (Debian's binary name: `convert` may be another program).
+command -v tiffcp >/dev/null && command -v tiffmedian >/dev/null || need_apt+=(libtiff-tools)
+command -v convert-im6.q16 >/dev/null || need_apt+=(imagemagick)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]}"
     apt_install "${need_apt[@]}"

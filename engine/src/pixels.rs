@@ -112,15 +112,19 @@ impl PlaneWriter {
 
     /// Output row `y` from `width` packed pixels of the writer's layout.
     pub fn row(&mut self, y: usize, samples: &[u8]) {
-        let width = self.image.width;
-        let out = &mut self.image.luma[y * width..(y + 1) * width];
+        self.span(y, 0, samples);
+    }
+
+    /// Part of output row `y`, from column `x` on, from packed pixels of the writer's layout
+    /// (a format stored in tiles fills each row a tile's width at a time).
+    pub fn span(&mut self, y: usize, x: usize, samples: &[u8]) {
+        let start = y * self.image.width + x;
+        let end = start + samples.len() / self.layout.channels();
+        let out = &mut self.image.luma[start..end];
         match (self.layout, &mut self.image.alpha) {
             (Layout::Rgba, Some(alpha)) => {
                 luma::rgba(samples, out);
-                for (a, px) in alpha[y * width..(y + 1) * width]
-                    .iter_mut()
-                    .zip(samples.chunks_exact(4))
-                {
+                for (a, px) in alpha[start..end].iter_mut().zip(samples.chunks_exact(4)) {
                     *a = px[3];
                 }
             }
@@ -129,7 +133,7 @@ impl PlaneWriter {
             (Layout::Rgb, _) => luma::rgb(samples, out),
             (Layout::Gray, _) => out.copy_from_slice(samples),
             (Layout::GrayAlpha, Some(alpha)) => {
-                let alpha = &mut alpha[y * width..(y + 1) * width];
+                let alpha = &mut alpha[start..end];
                 for ((y, a), pair) in out.iter_mut().zip(alpha).zip(samples.chunks_exact(2)) {
                     (*y, *a) = (pair[0], pair[1]);
                 }

@@ -38,6 +38,11 @@ fn a_header_bomb_in_every_format_is_refused_before_allocating() {
             cloudimg_hostile::ico_declaring(50_000, 50_000),
             Format::Ico,
         ),
+        (
+            "TIFF 60000x60000",
+            cloudimg_hostile::tiff_declaring(60_000, 60_000),
+            Format::Tiff,
+        ),
     ];
     for (name, data, format) in bombs {
         assert_eq!(sniff(&data).expect(name), format, "{name}");
@@ -91,6 +96,22 @@ fn a_header_bomb_in_every_format_is_refused_before_allocating() {
     }
 }
 
+/// A strip's decompressed size is bounded by the strip itself: a Deflate stream that inflates to a
+/// gigabyte inside a 1-megapixel TIFF costs no more than the image.
+#[test]
+fn a_tiff_deflate_bomb_inflates_no_further_than_its_strip() {
+    let zeros = cloudimg_hostile::zeros_zlib(cloudimg_hostile::matches_for(1 << 30));
+    let data = cloudimg_hostile::tiff_gray_strip(1000, 1000, 8, &zeros);
+    let (result, peak) = peak_during(|| cloudimg_engine::convert(&data, &Options::default()));
+    if let Err(e) = result {
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
+    assert!(
+        peak < 16 << 20,
+        "a 1 MP TIFF with a 1 GiB Deflate strip allocated {peak} bytes"
+    );
+}
+
 #[test]
 fn a_bomb_under_the_limit_is_still_a_valid_header() {
     // The same headers at a size the limits allow are read (and then refused as truncated or
@@ -100,6 +121,7 @@ fn a_bomb_under_the_limit_is_still_a_valid_header() {
         ("GIF", cloudimg_hostile::gif_declaring(100, 100)),
         ("WebP", cloudimg_hostile::webp_declaring(100, 100)),
         ("ICO", cloudimg_hostile::ico_declaring(100, 100)),
+        ("TIFF", cloudimg_hostile::tiff_declaring(100, 100)),
     ] {
         let err = cloudimg_engine::convert(&data, &Options::default()).expect_err(name);
         assert_eq!(err.kind(), ErrorKind::Invalid, "{name}: {err}");
@@ -119,6 +141,11 @@ const WHOLE_FILES: &[&str] = &[
     "formats/made/webp/animated_2_frames.webp",
     "formats/imagers/ico/images/bmp-24bpp-mask.ico",
     "formats/imagers/ico/images/png-32bpp-alpha.ico",
+    "formats/made/tiff/rgb_lzw.tif",
+    "formats/made/tiff/rgb_packbits.tif",
+    "formats/made/tiff/tiled_deflate.tif",
+    "formats/made/tiff/bilevel_g4.tif",
+    "formats/made/tiff/rgb_jpeg.tif",
 ];
 
 #[test]

@@ -6,16 +6,21 @@
 //! * the displayed size is Pillow's;
 //! * the JPEG output's luma PSNR is at least [`MIN_DB`] and at least that of Pillow's own
 //!   `convert("L")` JPEG at the same quality, less [`PILLOW_SLACK_DB`];
-//! * a lossless source (BMP, GIF, ICO, lossless WebP) converted with `--format png` is Pillow's
+//! * a lossless source (BMP, GIF, ICO, lossless WebP, TIFF not JPEG-compressed) converted with `--format png` is Pillow's
 //!   luma within ±1 (alpha, kept in the PNG, composited over white to compare).
 //!
 //! `reject` files are refused with an error that names the format or the problem; `either`
 //! files end, converted or refused, without a panic.
+//!
+//! TIFF cases the corpus lacks (CCITT group 3, palettes, planar alpha, tiles with a predictor,
+//! JPEG-compressed YCbCr) are made at test time with libtiff's tools and held to the same rules.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use cloudimg_engine::batch::Pool;
 use cloudimg_engine::{ErrorKind, Options, OutputFormat, Quality, convert};
@@ -23,7 +28,7 @@ use support::pillow::{self, Reference};
 use support::{Entry, decode_output, psnr, reference_luma};
 
 /// The manifest's `format` values this engine reads.
-const FORMATS: &[&str] = &["WEBP", "GIF", "BMP", "ICO"];
+const FORMATS: &[&str] = &["WEBP", "GIF", "BMP", "ICO", "TIFF"];
 /// The floor for every `ok` file, from the issue.
 const MIN_DB: f64 = 30.0;
 /// How far below Pillow's own JPEG an output may fall, from the issue.
@@ -49,8 +54,33 @@ fn lossless(entry: &Entry, data: &[u8]) -> bool {
             }
             vp8l && !other
         }
+        "TIFF" => !matches!(tiff_compression(data), Some(6 | 7)),
         _ => false,
     }
+}
+
+/// The Compression tag (259) of a classic TIFF's first IFD, read here rather than by the engine
+/// under test.
+fn tiff_compression(data: &[u8]) -> Option<u16> {
+    let big = data.starts_with(b"MM");
+    let u16_at = |at: usize| {
+        let b: [u8; 2] = data.get(at..at + 2)?.try_into().ok()?;
+        Some(if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    };
+    let b: [u8; 4] = data.get(4..8)?.try_into().ok()?;
+    let ifd = if big {
+        u32::from_be_bytes(b)
+    } else {
+        u32::from_le_bytes(b)
+    } as usize;
+    (0..usize::from(u16_at(ifd)?))
+        .map(|i| ifd + 2 + 12 * i)
+        .find(|&at| u16_at(at) == Some(259))
+        .and_then(|at| u16_at(at + 8))
 }
 
 /// What one file did: its PSNR where checked, or that it was refused.
@@ -216,4 +246,161 @@ fn every_format_entry_behaves_as_pillow() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Runs a tool that makes a test file; `None` (a skip) when it is not installed.
+fn make(tool: &str, args: &[&str], out: &Path) -> Option<PathBuf> {
+    let status = match Command::new(tool).args(args).arg(out).status() {
+        Ok(status) => status,
+        Err(_) => {
+            return support::skip(&format!(
+                "{tool} is not installed (scripts/test.sh installs libtiff-tools and imagemagick)"
+            ));
+        }
+    };
+    assert!(status.success(), "{tool} {args:?} failed: {status}");
+    Some(out.to_path_buf())
+}
+
+#[test]
+fn generated_tiffs_behave_as_pillow() {
+    let Some(root) = support::corpus() else {
+        return;
+    };
+    if !pillow::available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cloudimg-tiff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let made = root.join("formats/made/tiff");
+    let source = |name: &str| made.join(name).to_string_lossy().into_owned();
+    let (rgb, bilevel) = (source("rgb_uncompressed.tif"), source("bilevel_g4.tif"));
+    let (gray, rgba) = (source("gray8_lzw.tif"), source("rgba_lzw.tif"));
+    // Debian 12's ImageMagick 6 binary; `convert` may be another program on the PATH.
+    let magick = "convert-im6.q16";
+    let cases: [(&str, &[&str], &str); 9] = [
+        ("tiffcp", &["-c", "g3", &bilevel], "g3.tif"),
+        (
+            "tiffcp",
+            &["-c", "packbits", &bilevel],
+            "bilevel_packbits.tif",
+        ),
+        ("tiffmedian", &["-c", "lzw", &rgb], "palette8_lzw.tif"),
+        (
+            "tiffmedian",
+            &["-c", "packbits", "-C", "16", &rgb],
+            "palette8_packbits.tif",
+        ),
+        (
+            "tiffcp",
+            &["-t", "-c", "lzw:2", &gray],
+            "gray_tiled_predictor.tif",
+        ),
+        (
+            "tiffcp",
+            &["-p", "separate", "-c", "zip", &rgba],
+            "rgba_planar.tif",
+        ),
+        (
+            "tiffcp",
+            &["-c", "jpeg", "-r", "16", &rgb],
+            "ycbcr_jpeg.tif",
+        ),
+        (
+            "tiffcp",
+            &["-t", "-c", "jpeg", &rgb],
+            "ycbcr_jpeg_tiled.tif",
+        ),
+        (
+            magick,
+            &[
+                &rgb,
+                "-colors",
+                "16",
+                "-type",
+                "Palette",
+                "-depth",
+                "4",
+                "-compress",
+                "lzw",
+            ],
+            "palette4_lzw.tif",
+        ),
+    ];
+    let mut paths = Vec::new();
+    for (tool, args, name) in cases {
+        let Some(path) = make(tool, args, &dir.join(name)) else {
+            return;
+        };
+        paths.push(path);
+    }
+    // Subsampled YCbCr outside JPEG: no Debian tool writes it, so written here (Deflate, as
+    // Pillow refuses it uncompressed), with sizes that end in partial blocks.
+    for (h, v) in [(2, 2), (2, 1), (4, 2)] {
+        let path = dir.join(format!("ycbcr_{h}x{v}_deflate.tif"));
+        std::fs::write(&path, ycbcr_subsampled(301, 203, h, v)).expect("write");
+        paths.push(path);
+    }
+    let references = pillow::references(&paths, QUALITY);
+    let mut failures = Vec::new();
+    for (path, reference) in paths.iter().zip(&references) {
+        let entry = Entry {
+            path: path.to_string_lossy().into_owned(),
+            width: 0,
+            height: 0,
+            details: String::new(),
+            expect: "ok".into(),
+            format: "TIFF".into(),
+        };
+        let data = std::fs::read(path).expect("read a made file");
+        let outcome = reference
+            .as_ref()
+            .map_err(|e| format!("Pillow cannot open it: {e}"))
+            .and_then(|r| check(&entry, &data, Some(r)));
+        match outcome {
+            Ok(Outcome::Converted { psnr }) => {
+                println!("{}: {:.2} dB", entry.path, psnr.unwrap_or(f64::NAN));
+            }
+            Ok(Outcome::Refused) => failures.push(format!("{}: refused", entry.path)),
+            Err(e) => failures.push(format!("{}: {e}", entry.path)),
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A `width` x `height` picture as YCbCr (BT.601, full range) subsampled `h` x `v` (chroma
+/// averaged over each block), in one Deflate strip.
+fn ycbcr_subsampled(width: usize, height: usize, h: usize, v: usize) -> Vec<u8> {
+    let rgb = support::fixtures::rgb_picture(width, height);
+    let pixel = |x: usize, y: usize| {
+        let at = (y.min(height - 1) * width + x.min(width - 1)) * 3;
+        let [r, g, b] = [0, 1, 2].map(|i| f64::from(rgb[at + i]));
+        let luma = 0.299 * r + 0.587 * g + 0.114 * b;
+        [luma, 128.0 + (b - luma) / 1.772, 128.0 + (r - luma) / 1.402]
+    };
+    let mut data = Vec::new();
+    for by in (0..height).step_by(v) {
+        for bx in (0..width).step_by(h) {
+            let block: Vec<[f64; 3]> = (0..v)
+                .flat_map(|dy| (0..h).map(move |dx| (bx + dx, by + dy)))
+                .map(|(x, y)| pixel(x, y))
+                .collect();
+            data.extend(block.iter().map(|p| p[0].round() as u8));
+            for c in [1, 2] {
+                let mean = block.iter().map(|p| p[c]).sum::<f64>() / block.len() as f64;
+                data.push(mean.round().clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    let subsampling = (h | v << 16) as u32;
+    cloudimg_hostile::tiff_strip(
+        width as u32,
+        height as u32,
+        8,
+        6,
+        3,
+        &[(530, 3, 2, subsampling)],
+        &cloudimg_hostile::stored_zlib(&data),
+    )
 }

@@ -122,12 +122,12 @@ fn errors_name_what_was_expected_and_found() {
         .unwrap_err()
         .to_string();
     assert!(cut.starts_with("invalid JPEG: truncated"), "{cut}");
-    let tiff = convert(b"II*\0\x08\0\0\0", &Options::default())
+    let pdf = convert(b"%PDF-1.7\n", &Options::default())
         .unwrap_err()
         .to_string();
     assert_eq!(
-        tiff,
-        "unsupported input: expected a JPEG, PNG, WebP, GIF, BMP or ICO signature, found a TIFF image"
+        pdf,
+        "unsupported input: expected a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF signature, found a PDF document"
     );
     let empty = convert(b"", &Options::default()).unwrap_err().to_string();
     assert!(empty.contains("found an empty file"), "{empty}");

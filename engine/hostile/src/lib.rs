@@ -7,8 +7,10 @@
 //! * [`repeat_last_scan`]: a progressive JPEG repeating one scan thousands of times, each walking
 //!   the whole image.
 //! * [`png_declaring`], [`jpeg_declaring`], [`bmp_declaring`], [`gif_declaring`],
-//!   [`webp_declaring`], [`ico_declaring`]: headers that declare far more pixels than the file
-//!   holds.
+//!   [`webp_declaring`], [`ico_declaring`], [`tiff_declaring`]: headers that declare far more
+//!   pixels than the file holds.
+//! * [`tiff_gray_strip`], [`tiff_strip`]: a TIFF strip of any compression, e.g. [`zeros_zlib`] as
+//!   a Deflate strip, or [`stored_zlib`] of chosen samples.
 #![forbid(unsafe_code)]
 
 /// Deflate's bits, least significant first.
@@ -243,6 +245,84 @@ pub fn ico_declaring(width: u32, height: u32) -> Vec<u8> {
     ico.extend_from_slice(&22u32.to_le_bytes()); // right after the directory
     ico.extend_from_slice(&png);
     ico
+}
+
+/// A TIFF (classic, little-endian) declaring `width` x `height` 8-bit gray pixels in one
+/// uncompressed strip, holding 64 bytes of it: a decoder that trusts the header allocates
+/// `width * height` bytes.
+pub fn tiff_declaring(width: u32, height: u32) -> Vec<u8> {
+    tiff_gray_strip(width, height, 1, &[0x80; 64])
+}
+
+/// A TIFF (classic, little-endian) of `width` x `height` 8-bit gray pixels (BlackIsZero) in one
+/// strip of `compression` (1 none, 5 LZW, 8 Deflate, 32773 PackBits) holding `strip`.
+pub fn tiff_gray_strip(width: u32, height: u32, compression: u16, strip: &[u8]) -> Vec<u8> {
+    tiff_strip(width, height, compression, 1, 1, &[], strip)
+}
+
+/// A TIFF (classic, little-endian) of `width` x `height` pixels of `samples` 8-bit samples in
+/// one strip of `compression` holding `strip`, with photometric interpretation `photometric` and
+/// `more` entries: (tag, type, count, value), the value inline (at most four bytes).
+pub fn tiff_strip(
+    width: u32,
+    height: u32,
+    compression: u16,
+    photometric: u16,
+    samples: u16,
+    more: &[(u16, u16, u32, u32)],
+    strip: &[u8],
+) -> Vec<u8> {
+    const SHORT: u16 = 3;
+    const LONG: u16 = 4;
+    let count = 9 + more.len();
+    let strip_at = (8 + 2 + 12 * count + 4) as u32;
+    let mut entries = vec![
+        (256, LONG, 1, width),
+        (257, LONG, 1, height),
+        // One value for every sample, as libtiff and Pillow accept.
+        (258, SHORT, 1, 8),
+        (259, SHORT, 1, u32::from(compression)),
+        (262, SHORT, 1, u32::from(photometric)),
+        (273, LONG, 1, strip_at),
+        (277, SHORT, 1, u32::from(samples)),
+        (278, LONG, 1, height),
+        (279, LONG, 1, strip.len() as u32),
+    ];
+    entries.extend_from_slice(more);
+    entries.sort_by_key(|e| e.0);
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&(count as u16).to_le_bytes());
+    for (tag, kind, n, value) in entries {
+        tiff.extend_from_slice(&tag.to_le_bytes());
+        tiff.extend_from_slice(&kind.to_le_bytes());
+        tiff.extend_from_slice(&n.to_le_bytes());
+        tiff.extend_from_slice(&value.to_le_bytes());
+    }
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    tiff.extend_from_slice(strip);
+    tiff
+}
+
+/// `bytes` as a zlib stream of stored (uncompressed) Deflate blocks: what a TIFF Deflate strip
+/// holds, without an encoder.
+pub fn stored_zlib(bytes: &[u8]) -> Vec<u8> {
+    let mut zlib = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = bytes.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        zlib.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        zlib.extend_from_slice(&len.to_le_bytes());
+        zlib.extend_from_slice(&(!len).to_le_bytes());
+        zlib.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in bytes {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    zlib
 }
 
 /// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)

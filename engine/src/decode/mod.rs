@@ -11,6 +11,7 @@ pub(crate) mod bmp;
 pub(crate) mod gif;
 pub(crate) mod ico;
 pub(crate) mod png;
+pub(crate) mod tiff;
 pub(crate) mod webp;
 
 use crate::error::Result;
@@ -84,6 +85,7 @@ pub(crate) fn read_header(
         Format::Gif => Box::new(gif::read_header(data, limits)?),
         Format::Bmp => Box::new(bmp::read_header(data, limits)?),
         Format::Ico => Box::new(ico::read_header(data, limits, depth)?),
+        Format::Tiff => Box::new(tiff::read_header(data, limits)?),
         Format::Jpeg => {
             return Err(crate::Error::Internal(
                 "a JPEG reached the pixel formats' header reader".into(),

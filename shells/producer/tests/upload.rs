@@ -243,6 +243,11 @@ async fn bad_uploads_are_refused_early_with_the_right_status() {
             Code::ResourceExhausted,
         ),
         (
+            "a TIFF over the pixel limit",
+            upload_of(&cloudimg_hostile::tiff_declaring(1200, 1000)),
+            Code::ResourceExhausted,
+        ),
+        (
             "a truncated GIF",
             upload_of(&cloudimg_hostile::gif_declaring(10, 10)[..20]),
             Code::InvalidArgument,
