@@ -191,7 +191,13 @@ fn read_header_at(
     match sniff(data)? {
         Format::Jpeg => {
             let frame = jpeg::read_frame(data, limits)?;
-            jpeg::check_scan_count(data, limits)?;
+            // Only a progressive scan can be a few bytes that walk the whole image again: a
+            // sequential scan codes every block it covers, so its work is bounded by its own
+            // bytes (and the decoders count scans as they go). Sparing sequential photos the walk
+            // over every marker of their entropy data keeps `probe` cheap on every upload.
+            if frame.coding == jpeg::markers::Coding::Progressive {
+                jpeg::check_scan_count(data, limits)?;
+            }
             let info = ImageInfo {
                 format: Format::Jpeg,
                 width: frame.width,
