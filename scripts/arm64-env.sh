@@ -44,9 +44,10 @@ arm_ensure_toolchain() {
 
 # `arm_cargo SUBCOMMAND ARGS...`: Debian's cargo and rustc (the rustup proxies earlier on PATH would
 # pick a toolchain without the aarch64 standard library), the cross linker and C compiler (ring),
-# qemu as the runner, static linking, the aarch64 target directory.
+# qemu as the runner, static linking, the aarch64 target directory; no rustc wrapper (test.sh's
+# clippy-driver belongs to the rustup toolchain, not to Debian's rustc).
 arm_cargo() {
-    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
         RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO_TARGET_DIR="$arm_target_dir" \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static \
