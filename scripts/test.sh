@@ -27,6 +27,10 @@ command -v djpeg >/dev/null && command -v jpegtran >/dev/null || need_apt+=(libj
 # The security tests: openssl makes a test CA; stunnel terminates TLS in front of RabbitMQ (amqps).
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v stunnel >/dev/null || need_apt+=(stunnel4)
+# AVIF: the libdav1d-sys crate builds its vendored dav1d with meson, ninja and nasm.
+command -v meson >/dev/null || need_apt+=(meson)
+command -v ninja >/dev/null || need_apt+=(ninja-build)
+command -v nasm >/dev/null || need_apt+=(nasm)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]}"
     apt_install "${need_apt[@]}"
@@ -67,6 +71,11 @@ fi
 if [[ "$(python3 -c 'import PIL; print(PIL.__version__)' 2>/dev/null)" != 13.0.0 ]]; then
     say "installing pillow==13.0.0"
     python3 -m pip install -q 'pillow==13.0.0'
+fi
+# HEIC's reference: pillow-heif (the plugin the old system used for HEIC), pinned.
+if [[ "$(python3 -c 'import pillow_heif; print(pillow_heif.__version__)' 2>/dev/null)" != 1.1.1 ]]; then
+    say "installing pillow-heif==1.1.1"
+    python3 -m pip install -q 'pillow-heif==1.1.1'
 fi
 
 run_dir=$(mktemp -d /tmp/cloudimg-test.XXXXXX)

@@ -23,7 +23,7 @@ use support::pillow::{self, Reference};
 use support::{Entry, decode_output, psnr, reference_luma};
 
 /// The manifest's `format` values this engine reads.
-const FORMATS: &[&str] = &["WEBP", "GIF", "BMP", "ICO"];
+const FORMATS: &[&str] = &["WEBP", "GIF", "BMP", "ICO", "AVIF", "HEIF", "HEIC"];
 /// The floor for every `ok` file, from the issue.
 const MIN_DB: f64 = 30.0;
 /// How far below Pillow's own JPEG an output may fall, from the issue.

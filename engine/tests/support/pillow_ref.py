@@ -2,7 +2,7 @@
 
 For every path given on stdin (one a line), writes OUT/<n>.raw, the 8-bit BT.601 luma of the
 image as Pillow 13 shows it (first frame, EXIF orientation applied with `exif_transpose`, alpha
-composited over white), and prints one JSON line: the index, the reference's size, and the PSNR
+composited over white; 16-bit gray scaled to 8 bits where Pillow would clip it), and prints one JSON line: the index, the reference's size, and the PSNR
 of Pillow's own path (`Image.open(f).convert("L").save(out, quality=Q)`) against that reference.
 A file Pillow cannot open prints `{"n": n, "error": "..."}`. Our decoder never takes part.
 
@@ -15,12 +15,20 @@ import math
 import sys
 
 import PIL
+import pillow_heif
 from PIL import Image, ImageChops, ImageOps
+
+pillow_heif.register_heif_opener()
 
 
 def reference(im):
     """BT.601 luma of `im` composited over white, as displayed."""
     im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16"):
+        # pillow-heif hands 10- and 12-bit gray over as 16-bit; Pillow's own conversion to 8 bits
+        # clips it (nearly everything turns white, in the old system too). The reference is the
+        # honest image: 16 bits scaled to 8.
+        im = im.convert("I").point(lambda v: v / 257 + 0.5).convert("L")
     rgba = im.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB").convert("L")

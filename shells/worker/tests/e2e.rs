@@ -38,7 +38,7 @@ struct Expected {
     displayed: (u32, u32),
     source_name: String,
     /// The file sent, its EXIF orientation, and the PSNR its result must reach against it; `None`
-    /// for formats the reference decoders do not read (WebP, GIF, BMP, ICO: the engine's formats
+    /// for formats the reference decoders do not read (WebP, AVIF, HEIC, GIF, BMP, ICO: the engine's formats
     /// test holds those against Pillow).
     source: PathBuf,
     orientation: u32,
@@ -180,6 +180,8 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
             (1600, 1200),
         ),
         ("formats/made/webp/lossless_alpha.webp", (1200, 800)),
+        ("formats/made/avif/yuv420_8bit.avif", (1200, 1600)),
+        ("formats/made/heic/photo.heic", (1200, 1600)),
         ("formats/made/gif/photo_palette.gif", (800, 533)),
         ("formats/made/bmp/rgb24.bmp", (1200, 800)),
         ("formats/imagers/ico/images/bmp-24bpp-mask.ico", (32, 32)),
