@@ -115,7 +115,11 @@ pub(crate) fn heif_format(data: &[u8]) -> Option<Format> {
 /// A human name for what the bytes look like, for error messages.
 fn describe(data: &[u8]) -> String {
     let known: &[(&[u8], usize, &str)] = &[
-        (b"ftypmif1", 4, "a HEIF image of neither AVIF nor HEIC brand"),
+        (
+            b"ftypmif1",
+            4,
+            "a HEIF image of neither AVIF nor HEIC brand",
+        ),
         (b"\0\0\0\x0cjXL ", 0, "a JPEG XL image"),
         (&[0xFF, 0x0A], 0, "a JPEG XL image"),
         (&[0, 0, 2, 0], 0, "a Windows cursor"),
@@ -141,7 +145,9 @@ mod tests {
 
     #[test]
     fn names_what_it_found() {
-        let err = sniff(b"\0\0\0\x14ftypmif1\0\0\0\0jpeg").unwrap_err().to_string();
+        let err = sniff(b"\0\0\0\x14ftypmif1\0\0\0\0jpeg")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("HEIF"), "{err}");
         let err = sniff(b"").unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");

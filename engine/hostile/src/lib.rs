@@ -274,12 +274,19 @@ pub fn heif_declaring(brand: &[u8; 4], width: u32, height: u32) -> Vec<u8> {
     let mut ispe = Vec::new();
     ispe.extend_from_slice(&width.to_be_bytes());
     ispe.extend_from_slice(&height.to_be_bytes());
-    let ipco = heif_box(b"ipco", &[heif_full_box(b"ispe", 0, &ispe), config].concat());
+    let ipco = heif_box(
+        b"ipco",
+        &[heif_full_box(b"ispe", 0, &ispe), config].concat(),
+    );
     // Item 1: properties 1 and 2.
     let ipma = heif_full_box(b"ipma", 0, &[0, 0, 0, 1, 0, 1, 2, 0x81, 0x82]);
     let mut infe = vec![0, 1, 0, 0];
     infe.extend_from_slice(item_type);
-    let iinf = heif_full_box(b"iinf", 0, &[&[0, 1][..], &heif_full_box(b"infe", 2, &infe)].concat());
+    let iinf = heif_full_box(
+        b"iinf",
+        0,
+        &[&[0, 1][..], &heif_full_box(b"infe", 2, &infe)].concat(),
+    );
     let meta_without_iloc = [
         heif_full_box(b"hdlr", 0, b"\0\0\0\0pict\0\0\0\0\0\0\0\0\0\0\0\0\0"),
         heif_full_box(b"pitm", 0, &[0, 1]),
@@ -287,7 +294,10 @@ pub fn heif_declaring(brand: &[u8; 4], width: u32, height: u32) -> Vec<u8> {
         heif_box(b"iprp", &[ipco, ipma].concat()),
     ]
     .concat();
-    let ftyp = heif_box(b"ftyp", &[&brand[..], &[0; 4], b"mif1", &brand[..]].concat());
+    let ftyp = heif_box(
+        b"ftyp",
+        &[&brand[..], &[0; 4], b"mif1", &brand[..]].concat(),
+    );
     // iloc v0, 4-byte offsets and lengths, one item of one extent: 16 bytes of mdat.
     let iloc_len = 8 + 4 + 2 + 2 + 2 + 2 + 2 + 8;
     let meta_len = 8 + 4 + meta_without_iloc.len() + iloc_len;
@@ -295,7 +305,11 @@ pub fn heif_declaring(brand: &[u8; 4], width: u32, height: u32) -> Vec<u8> {
     let mut iloc = vec![0x44, 0x00, 0, 1, 0, 1, 0, 0, 0, 1];
     iloc.extend_from_slice(&data_at.to_be_bytes());
     iloc.extend_from_slice(&16u32.to_be_bytes());
-    let meta = heif_full_box(b"meta", 0, &[meta_without_iloc, heif_full_box(b"iloc", 0, &iloc)].concat());
+    let meta = heif_full_box(
+        b"meta",
+        0,
+        &[meta_without_iloc, heif_full_box(b"iloc", 0, &iloc)].concat(),
+    );
     [ftyp, meta, heif_box(b"mdat", &[0; 16])].concat()
 }
 

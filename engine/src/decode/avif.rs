@@ -135,7 +135,10 @@ pub(crate) fn decode(
         _ => (0, 0),
     };
     let bytes = if depth > 8 { 2 } else { 1 };
-    let (cw, ch) = ((w + chroma_shift.0 as usize) >> chroma_shift.0, (h + chroma_shift.1 as usize) >> chroma_shift.1);
+    let (cw, ch) = (
+        (w + chroma_shift.0 as usize) >> chroma_shift.0,
+        (h + chroma_shift.1 as usize) >> chroma_shift.1,
+    );
     let (y_stride, c_stride) = (p.stride[0] as usize, p.stride[1] as usize);
     // SAFETY: dav1d's planes hold `stride` bytes a row (the last row at least its samples)
     // while the picture is referenced, which it is until `picture` drops after `f` returns.

@@ -92,7 +92,9 @@ impl Bits {
         while self.bit()? == 0 {
             zeros += 1;
             if zeros > 31 {
-                return Err(invalid("a malformed exp-Golomb code in the sequence parameter set"));
+                return Err(invalid(
+                    "a malformed exp-Golomb code in the sequence parameter set",
+                ));
             }
         }
         Ok(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)) as u32)
@@ -176,7 +178,9 @@ pub(crate) fn decode(
             )
         };
         if code != de265::de265_error::DE265_OK {
-            return Err(invalid(format!("libde265 refused a NAL unit ({code:?})")));
+            return Err(invalid(format!(
+                "libde265 refused a NAL unit (error {code})"
+            )));
         }
         Ok(())
     };
@@ -188,7 +192,9 @@ pub(crate) fn decode(
         let (len, tail) = rest
             .split_at_checked(length_size)
             .ok_or_else(|| invalid("truncated: a NAL unit's length is cut"))?;
-        let len = len.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        let len = len
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
         let nal = tail
             .get(..len)
             .ok_or_else(|| invalid("truncated: a NAL unit ends past its item"))?;
@@ -208,9 +214,7 @@ pub(crate) fn decode(
             return unsafe { hand_over(image, f) };
         }
         if code != de265::de265_error::DE265_OK || more == 0 {
-            return Err(invalid(format!(
-                "libde265 gave no picture ({code:?})"
-            )));
+            return Err(invalid(format!("libde265 gave no picture (error {code})")));
         }
     }
 }
@@ -225,10 +229,12 @@ unsafe fn hand_over(
     unsafe {
         let chroma = de265::de265_get_chroma_format(image);
         let monochrome = chroma == de265::de265_chroma::de265_chroma_mono;
-        let chroma_shift = match chroma {
-            de265::de265_chroma::de265_chroma_420 => (1, 1),
-            de265::de265_chroma::de265_chroma_422 => (1, 0),
-            _ => (0, 0),
+        let chroma_shift = if chroma == de265::de265_chroma::de265_chroma_420 {
+            (1, 1)
+        } else if chroma == de265::de265_chroma::de265_chroma_422 {
+            (1, 0)
+        } else {
+            (0, 0)
         };
         let depth = de265::de265_get_bits_per_pixel(image, 0);
         if !(8..=16).contains(&depth) {

@@ -200,10 +200,6 @@ impl<'a> Reader<'a> {
         Ok(((v >> 24) as u8, v & 0xFF_FFFF))
     }
 
-    fn rest(&self) -> (usize, usize) {
-        (self.pos, self.end)
-    }
-
     fn remaining(&self) -> usize {
         self.end - self.pos
     }
@@ -491,7 +487,11 @@ fn parse_meta(data: &[u8], meta: (usize, usize), format: Format) -> Result<Meta>
 }
 
 /// `ipco`'s properties, associated to items by `ipma`.
-fn parse_properties(data: &[u8], iprp: (usize, usize), format: Format) -> Result<Vec<(u32, Props)>> {
+fn parse_properties(
+    data: &[u8],
+    iprp: (usize, usize),
+    format: Format,
+) -> Result<Vec<(u32, Props)>> {
     let children = Reader::new(data, iprp, format).boxes()?;
     let Some(ipco) = children.iter().find(|b| &b.kind == b"ipco") else {
         return Ok(Vec::new());
@@ -629,10 +629,7 @@ fn image_item(meta: &Meta, id: u32, codec: Codec, limits: &Limits, data: &[u8]) 
             if tiles_ids.len() as u64 != u64::from(rows) * u64::from(columns) {
                 return Err(Error::invalid(
                     format,
-                    format!(
-                        "a {columns}x{rows} grid with {} tiles",
-                        tiles_ids.len()
-                    ),
+                    format!("a {columns}x{rows} grid with {} tiles", tiles_ids.len()),
                 ));
             }
             let tiles = tiles_ids
@@ -642,7 +639,11 @@ fn image_item(meta: &Meta, id: u32, codec: Codec, limits: &Limits, data: &[u8]) 
             let (tile_width, tile_height) = (tiles[0].width, tiles[0].height);
             let covers = u64::from(tile_width) * u64::from(columns) >= u64::from(width)
                 && u64::from(tile_height) * u64::from(rows) >= u64::from(height);
-            if !covers || tiles.iter().any(|t| (t.width, t.height) != (tile_width, tile_height)) {
+            if !covers
+                || tiles
+                    .iter()
+                    .any(|t| (t.width, t.height) != (tile_width, tile_height))
+            {
                 return Err(Error::invalid(
                     format,
                     format!("the grid's tiles do not cover its {width}x{height} canvas evenly"),
@@ -671,7 +672,13 @@ fn image_item(meta: &Meta, id: u32, codec: Codec, limits: &Limits, data: &[u8]) 
 }
 
 /// A coded item of the file's codec, its size checked against the limits.
-fn coded(meta: &Meta, id: u32, codec: Codec, limits: &Limits, inherited: Option<Signal>) -> Result<Coded> {
+fn coded(
+    meta: &Meta,
+    id: u32,
+    codec: Codec,
+    limits: &Limits,
+    inherited: Option<Signal>,
+) -> Result<Coded> {
     let format = codec.format();
     let item = meta.item(id, format)?;
     if &item.kind != codec.item_type() {
@@ -685,7 +692,10 @@ fn coded(meta: &Meta, id: u32, codec: Codec, limits: &Limits, inherited: Option<
         .size
         .ok_or_else(|| Error::invalid(format, format!("item {id} has no size ('ispe')")))?;
     if width == 0 || height == 0 {
-        return Err(Error::invalid(format, format!("item {id} is {width}x{height}")));
+        return Err(Error::invalid(
+            format,
+            format!("item {id} is {width}x{height}"),
+        ));
     }
     limits.check_dimensions(width, height)?;
     let config = props.config.ok_or_else(|| {
@@ -713,7 +723,12 @@ fn coded(meta: &Meta, id: u32, codec: Codec, limits: &Limits, inherited: Option<
 fn item_bytes<'d>(data: &'d [u8], extents: &[Range<usize>]) -> Cow<'d, [u8]> {
     match extents {
         [one] => Cow::Borrowed(&data[one.clone()]),
-        many => Cow::Owned(many.iter().flat_map(|r| &data[r.clone()]).copied().collect()),
+        many => Cow::Owned(
+            many.iter()
+                .flat_map(|r| &data[r.clone()])
+                .copied()
+                .collect(),
+        ),
     }
 }
 
@@ -749,7 +764,12 @@ fn kr_kb(matrix: u16, format: Format) -> Result<Option<(f32, f32)>> {
 }
 
 impl LumaMap {
-    fn new(picture: &Picture, signal: Signal, narrowing: Narrowing, format: Format) -> Result<LumaMap> {
+    fn new(
+        picture: &Picture,
+        signal: Signal,
+        narrowing: Narrowing,
+        format: Format,
+    ) -> Result<LumaMap> {
         let depth = picture.depth;
         let max = (1u32 << depth) - 1;
         let scale = (1u32 << depth.saturating_sub(8)) as f32;
@@ -805,7 +825,9 @@ impl LumaMap {
                 usize::from(row[x])
             }
         };
-        let identity = !wide && self.chroma.is_none() && self.y.iter().enumerate().all(|(i, &v)| i == usize::from(v));
+        let identity = !wide
+            && self.chroma.is_none()
+            && self.y.iter().enumerate().all(|(i, &v)| i == usize::from(v));
         for y in 0..height {
             let dst = &mut out[y * stride..y * stride + width];
             match self.chroma {
@@ -829,8 +851,10 @@ impl LumaMap {
                     let cy = y >> sy;
                     for (x, d) in dst.iter_mut().enumerate() {
                         let luma = self.y_linear[sample(0, x, y).min(self.y_linear.len() - 1)];
-                        let cb = (sample(1, x >> sx, cy) as f32 - self.chroma_mid) * self.chroma_scale;
-                        let cr = (sample(2, x >> sx, cy) as f32 - self.chroma_mid) * self.chroma_scale;
+                        let cb =
+                            (sample(1, x >> sx, cy) as f32 - self.chroma_mid) * self.chroma_scale;
+                        let cr =
+                            (sample(2, x >> sx, cy) as f32 - self.chroma_mid) * self.chroma_scale;
                         *d = (luma + cb_k * cb + cr_k * cr).round().clamp(0.0, 255.0) as u8;
                     }
                 }
@@ -953,7 +977,13 @@ impl Source for HeifHeader {
         }
     }
 
-    fn decode(&self, data: &[u8], _: &Limits, cancel: &Cancel, flatten_alpha: bool) -> Result<GrayImage> {
+    fn decode(
+        &self,
+        data: &[u8],
+        _: &Limits,
+        cancel: &Cancel,
+        flatten_alpha: bool,
+    ) -> Result<GrayImage> {
         let mut luma_plane = self.plane(data, &self.image, cancel)?;
         let alpha = match &self.alpha {
             None => None,
