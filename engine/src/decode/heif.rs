@@ -537,7 +537,8 @@ fn apply_property(data: &[u8], prop: &Bx, props: &mut Props, format: Format) -> 
         }
         b"av1C" | b"hvcC" => props.config = Some(prop.body.0..prop.body.1),
         b"colr" => {
-            if &r.fourcc()? == b"nclx" {
+            let kind = r.fourcc()?;
+            if &kind == b"nclx" {
                 let (_primaries, _transfer) = (r.u16()?, r.u16()?);
                 let matrix = r.u16()?;
                 let full_range = r.u8()? >> 7 == 1;
