@@ -197,7 +197,7 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
         ("formats/made/gif/photo_palette.gif", (800, 533)),
         ("formats/made/bmp/rgb24.bmp", (1200, 800)),
         ("formats/imagers/ico/images/bmp-24bpp-mask.ico", (32, 32)),
-        ("formats/made/tiff/orientation6.tif", (1200, 800)),
+        ("formats/made/tiff/orientation6.tif", (800, 1200)),
     ] {
         let path = corpus.join(path);
         let source_name = path.file_name().unwrap().to_string_lossy().into_owned();
