@@ -211,6 +211,15 @@ async fn a_store_that_denies_the_worker_pauses_it_and_nothing_is_dead_lettered()
         .expect("accepted");
         keys.push(reply.key);
     }
+    // The reason is logged first: only then can "not ready and not connected" mean paused (a
+    // worker that has not connected yet reports the same gauges).
+    let logged = eventually(Duration::from_secs(30), async || {
+        worker.log_text().contains("the store refuses this worker")
+    })
+    .await;
+    if !logged {
+        problems.push("the worker did not log why it stopped taking jobs".into());
+    }
     let paused = eventually(Duration::from_secs(30), async || {
         let text = tokio::task::spawn_blocking(move || scrape(metrics_port))
             .await
@@ -236,9 +245,6 @@ async fn a_store_that_denies_the_worker_pauses_it_and_nothing_is_dead_lettered()
     let dead = message_count(&rig.connection, &format!("{}.dead", rig.shells.queue)).await;
     if dead != 0 {
         problems.push(format!("{dead} jobs dead-lettered for an access denial"));
-    }
-    if !worker.log_text().contains("the store refuses this worker") {
-        problems.push("the worker did not log why it stopped taking jobs".into());
     }
 
     // Access restored: the worker resumes by itself and everything lands.
