@@ -231,7 +231,7 @@ async fn a_store_that_denies_the_worker_pauses_it_and_nothing_is_dead_lettered()
     if !paused {
         problems.push("the worker did not report itself not ready".into());
     }
-    // Paused: every job back in the work queue, none dead-lettered, the reason logged.
+    // Paused: every job back in the work queue, none dead-lettered.
     let queued = eventually(Duration::from_secs(10), async || {
         message_count(&rig.connection, &rig.shells.queue).await == 4
     })
