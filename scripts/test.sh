@@ -31,6 +31,12 @@ command -v stunnel >/dev/null || need_apt+=(stunnel4)
 # tools and ImageMagick 6 (Debian's binary name: `convert` may be another program).
 command -v tiffcp >/dev/null && command -v tiffmedian >/dev/null || need_apt+=(libtiff-tools)
 command -v convert-im6.q16 >/dev/null || need_apt+=(imagemagick)
+# AVIF: the libdav1d-sys crate builds its vendored dav1d with meson, ninja and nasm.
+command -v meson >/dev/null || need_apt+=(meson)
+command -v ninja >/dev/null || need_apt+=(ninja-build)
+command -v nasm >/dev/null || need_apt+=(nasm)
+# HEIC: the libde265-sys2 crate builds its embedded libde265 with cmake.
+command -v cmake >/dev/null || need_apt+=(cmake)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]}"
     apt_install "${need_apt[@]}"
@@ -71,6 +77,11 @@ fi
 if [[ "$(python3 -c 'import PIL; print(PIL.__version__)' 2>/dev/null)" != 13.0.0 ]]; then
     say "installing pillow==13.0.0"
     python3 -m pip install -q 'pillow==13.0.0'
+fi
+# HEIC's reference: pillow-heif (the plugin the old system used for HEIC), pinned.
+if [[ "$(python3 -c 'import pillow_heif; print(pillow_heif.__version__)' 2>/dev/null)" != 1.1.1 ]]; then
+    say "installing pillow-heif==1.1.1"
+    python3 -m pip install -q 'pillow-heif==1.1.1'
 fi
 
 run_dir=$(mktemp -d /tmp/cloudimg-test.XXXXXX)

@@ -8,10 +8,10 @@ the Python system did), and reports each side's best and median MP/s over the ro
 ratio of the medians (the issue's goal: 1.3x Pillow, one thread). Rounds alternate so a busy
 machine slows both sides alike.
 
-Usage: python3 benches/formats/bench.py [--rounds 5] [--core 1] [--formats webp]
+Usage: python3 benches/formats/bench.py [--rounds 5] [--core 1] [--formats webp,avif,heic]
        [--corpus DIR] [--bench-bin target/release/engine-bench] [--json OUT]
 Build first: cargo build --release -p cloudimg-benches --bin engine-bench
-Needs Pillow (pinned 13.0.0 in scripts/test.sh).
+Needs Pillow and, for HEIC, pillow-heif (pinned 13.0.0 and 1.1.1 in scripts/test.sh).
 """
 
 import argparse
@@ -30,6 +30,12 @@ def pillow_round(files):
     """Seconds for Pillow's path over `files`, and the megapixels converted."""
     from PIL import Image
 
+    if any(p.endswith((".heic", ".heif")) for p in files):
+        import pillow_heif
+
+        # As the issue measures the old system: one decoding thread.
+        pillow_heif.options.DECODE_THREADS = 1
+        pillow_heif.register_heif_opener()
     megapixels = 0.0
     start = time.perf_counter()
     for path in files:
@@ -62,7 +68,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--core", type=int, default=1)
-    parser.add_argument("--formats", default="webp", help="comma-separated extensions")
+    parser.add_argument("--formats", default="webp,avif,heic", help="comma-separated extensions")
     parser.add_argument("--corpus", default=os.environ.get(
         "CLOUDIMG_CORPUS", os.path.join(root, "..", "shared", "corpus")))
     parser.add_argument("--bench-bin", default=os.path.join(target, "release", "engine-bench"))

@@ -12,6 +12,10 @@ pub enum Format {
     Bmp,
     Ico,
     Tiff,
+    /// AV1 in the HEIF container.
+    Avif,
+    /// HEVC in the HEIF container (HEIC, and HEIF files of HEIC brands).
+    Heic,
 }
 
 impl Format {
@@ -25,6 +29,8 @@ impl Format {
             Format::Bmp => "image/bmp",
             Format::Ico => "image/vnd.microsoft.icon",
             Format::Tiff => "image/tiff",
+            Format::Avif => "image/avif",
+            Format::Heic => "image/heic",
         }
     }
 }
@@ -39,16 +45,19 @@ impl std::fmt::Display for Format {
             Format::Bmp => "BMP",
             Format::Ico => "ICO",
             Format::Tiff => "TIFF",
+            Format::Avif => "AVIF",
+            Format::Heic => "HEIC",
         })
     }
 }
 
 pub(crate) const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-/// The bytes [`sniff`] needs to recognise every format (a WebP's `WEBP` ends at byte 12). A
-/// shorter prefix of a longer file may be refused as unrecognised: callers sniffing a stream wait
-/// for this many bytes (or the whole file).
-pub const SNIFF_BYTES: usize = 12;
+/// The bytes [`sniff`] needs to recognise every format: a WebP's `WEBP` ends at byte 12, a HEIF
+/// file of the generic `mif1` brand names its codec among the compatible brands after it (byte 32
+/// holds the third). A shorter prefix of a longer file may be refused as unrecognised: callers
+/// sniffing a stream wait for this many bytes (or the whole file).
+pub const SNIFF_BYTES: usize = 32;
 
 /// Signatures, at their offsets, of the formats the engine converts. One table: [`sniff`] matches
 /// it, the error message lists it.
@@ -81,18 +90,44 @@ pub fn sniff(data: &[u8]) -> Result<Format> {
             return Ok(*format);
         }
     }
+    if let Some(format) = heif_format(data) {
+        return Ok(format);
+    }
     Err(Error::unsupported(format!(
-        "expected a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF signature, found {}",
+        "expected a JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP, ICO or TIFF signature, found {}",
         describe(data)
     )))
+}
+
+/// The codec a HEIF file's `ftyp` names: its major brand, or (for the generic `mif1`/`msf1`)
+/// the first compatible brand that names one, among the bytes there are.
+pub(crate) fn heif_format(data: &[u8]) -> Option<Format> {
+    if data.get(4..8) != Some(b"ftyp") {
+        return None;
+    }
+    let size = u32::from_be_bytes(data[..4].try_into().expect("4 bytes")) as usize;
+    let ftyp = &data[..size.min(data.len())];
+    let brand = |b: &[u8]| match b {
+        b"avif" | b"avis" => Some(Format::Avif),
+        b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" => Some(Format::Heic),
+        _ => None,
+    };
+    let major = ftyp.get(8..12)?;
+    brand(major).or_else(|| {
+        matches!(major, b"mif1" | b"msf1")
+            .then(|| ftyp.get(16..)?.chunks_exact(4).find_map(brand))
+            .flatten()
+    })
 }
 
 /// A human name for what the bytes look like, for error messages.
 fn describe(data: &[u8]) -> String {
     let known: &[(&[u8], usize, &str)] = &[
-        (b"ftypavif", 4, "an AVIF image"),
-        (b"ftypheic", 4, "a HEIC image"),
-        (b"ftypmif1", 4, "a HEIF image"),
+        (
+            b"ftypmif1",
+            4,
+            "a HEIF image of neither AVIF nor HEIC brand",
+        ),
         (b"\0\0\0\x0cjXL ", 0, "a JPEG XL image"),
         (&[0xFF, 0x0A], 0, "a JPEG XL image"),
         (&[0, 0, 2, 0], 0, "a Windows cursor"),
@@ -116,8 +151,10 @@ mod tests {
 
     #[test]
     fn names_what_it_found() {
-        let err = sniff(b"\0\0\0\x1cftypavif").unwrap_err().to_string();
-        assert!(err.contains("AVIF"), "{err}");
+        let err = sniff(b"\0\0\0\x14ftypmif1\0\0\0\0jpeg")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HEIF"), "{err}");
         let err = sniff(b"").unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");
         let err = sniff(b"hello").unwrap_err().to_string();
@@ -129,7 +166,10 @@ mod tests {
 
     #[test]
     fn recognises_every_format_by_content() {
-        let cases: [(&[u8], Format); 10] = [
+        let cases: [(&[u8], Format); 13] = [
+            (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1", Format::Avif),
+            (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", Format::Heic),
+            (b"\0\0\0\x18ftypmif1\0\0\0\0mif1heic", Format::Heic),
             (&[0xFF, 0xD8, 0xFF, 0xE0], Format::Jpeg),
             (PNG_SIGNATURE, Format::Png),
             (b"RIFF\x10\0\0\0WEBPVP8 ", Format::WebP),

@@ -34,6 +34,16 @@ fn a_header_bomb_in_every_format_is_refused_before_allocating() {
             Format::WebP,
         ),
         (
+            "AVIF 20000x20000",
+            cloudimg_hostile::heif_declaring(b"avif", 20_000, 20_000),
+            Format::Avif,
+        ),
+        (
+            "HEIC 20000x20000",
+            cloudimg_hostile::heif_declaring(b"heic", 20_000, 20_000),
+            Format::Heic,
+        ),
+        (
             "ICO holding a PNG of 50000x50000",
             cloudimg_hostile::ico_declaring(50_000, 50_000),
             Format::Ico,
@@ -122,6 +132,8 @@ fn a_bomb_under_the_limit_is_still_a_valid_header() {
         ("WebP", cloudimg_hostile::webp_declaring(100, 100)),
         ("ICO", cloudimg_hostile::ico_declaring(100, 100)),
         ("TIFF", cloudimg_hostile::tiff_declaring(100, 100)),
+        ("AVIF", cloudimg_hostile::heif_declaring(b"avif", 100, 100)),
+        ("HEIC", cloudimg_hostile::heif_declaring(b"heic", 100, 100)),
     ] {
         let err = cloudimg_engine::convert(&data, &Options::default()).expect_err(name);
         assert_eq!(err.kind(), ErrorKind::Invalid, "{name}: {err}");
@@ -146,6 +158,11 @@ const WHOLE_FILES: &[&str] = &[
     "formats/made/tiff/tiled_deflate.tif",
     "formats/made/tiff/bilevel_g4.tif",
     "formats/made/tiff/rgb_jpeg.tif",
+    "formats/made/avif/yuv420_8bit.avif",
+    "formats/made/avif/alpha.avif",
+    "formats/made/heic/photo.heic",
+    "formats/made/heic/alpha.heic",
+    "formats/pillow_heif/heif_other/pug.heic",
 ];
 
 #[test]

@@ -127,7 +127,7 @@ fn errors_name_what_was_expected_and_found() {
         .to_string();
     assert_eq!(
         pdf,
-        "unsupported input: expected a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF signature, found a PDF document"
+        "unsupported input: expected a JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP, ICO or TIFF signature, found a PDF document"
     );
     let empty = convert(b"", &Options::default()).unwrap_err().to_string();
     assert!(empty.contains("found an empty file"), "{empty}");

@@ -325,6 +325,74 @@ pub fn stored_zlib(bytes: &[u8]) -> Vec<u8> {
     zlib
 }
 
+fn heif_box(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut out = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(body);
+    out
+}
+
+fn heif_full_box(kind: &[u8; 4], version: u8, body: &[u8]) -> Vec<u8> {
+    let mut full = vec![version, 0, 0, 0];
+    full.extend_from_slice(body);
+    heif_box(kind, &full)
+}
+
+/// A HEIF file whose one item (`av01` for brand `avif`, else `hvc1`) declares `width` x `height`
+/// in its `ispe`, with 16 zero bytes of coded data: a reader that trusts the container allocates
+/// for the declared size before the codec finds the data useless.
+pub fn heif_declaring(brand: &[u8; 4], width: u32, height: u32) -> Vec<u8> {
+    let (item_type, config) = if brand == b"avif" {
+        (b"av01", heif_box(b"av1C", &[0x81, 0, 0x0C, 0]))
+    } else {
+        // hvcC: 22 bytes of profile and format (4-byte NAL lengths), no parameter sets.
+        let mut hvcc = vec![1u8; 22];
+        hvcc[21] = 0xF3;
+        hvcc.push(0);
+        (b"hvc1", heif_box(b"hvcC", &hvcc))
+    };
+    let mut ispe = Vec::new();
+    ispe.extend_from_slice(&width.to_be_bytes());
+    ispe.extend_from_slice(&height.to_be_bytes());
+    let ipco = heif_box(
+        b"ipco",
+        &[heif_full_box(b"ispe", 0, &ispe), config].concat(),
+    );
+    // Item 1: properties 1 and 2.
+    let ipma = heif_full_box(b"ipma", 0, &[0, 0, 0, 1, 0, 1, 2, 0x81, 0x82]);
+    let mut infe = vec![0, 1, 0, 0];
+    infe.extend_from_slice(item_type);
+    let iinf = heif_full_box(
+        b"iinf",
+        0,
+        &[&[0, 1][..], &heif_full_box(b"infe", 2, &infe)].concat(),
+    );
+    let meta_without_iloc = [
+        heif_full_box(b"hdlr", 0, b"\0\0\0\0pict\0\0\0\0\0\0\0\0\0\0\0\0\0"),
+        heif_full_box(b"pitm", 0, &[0, 1]),
+        iinf,
+        heif_box(b"iprp", &[ipco, ipma].concat()),
+    ]
+    .concat();
+    let ftyp = heif_box(
+        b"ftyp",
+        &[&brand[..], &[0; 4], b"mif1", &brand[..]].concat(),
+    );
+    // iloc v0, 4-byte offsets and lengths, one item of one extent: 16 bytes of mdat.
+    let iloc_len = 8 + 4 + 2 + 2 + 2 + 2 + 2 + 8;
+    let meta_len = 8 + 4 + meta_without_iloc.len() + iloc_len;
+    let data_at = (ftyp.len() + meta_len + 8) as u32;
+    let mut iloc = vec![0x44, 0x00, 0, 1, 0, 1, 0, 0, 0, 1];
+    iloc.extend_from_slice(&data_at.to_be_bytes());
+    iloc.extend_from_slice(&16u32.to_be_bytes());
+    let meta = heif_full_box(
+        b"meta",
+        0,
+        &[meta_without_iloc, heif_full_box(b"iloc", 0, &iloc)].concat(),
+    );
+    [ftyp, meta, heif_box(b"mdat", &[0; 16])].concat()
+}
+
 /// Where the segment whose marker starts at `at` ends: after its payload, and for a scan (SOS)
 /// after its entropy-coded data too (the next marker other than a restart or a stuffed byte).
 fn segment_end(jpeg: &[u8], at: usize) -> usize {

@@ -7,8 +7,14 @@
 //! new one is a file here, a variant of [`Format`], a signature in `crate::sniff` and a line in
 //! [`read_header`].
 
+#[cfg(feature = "avif")]
+pub(crate) mod avif;
 pub(crate) mod bmp;
+pub(crate) mod codec_heap;
 pub(crate) mod gif;
+#[cfg(feature = "heic")]
+pub(crate) mod heic;
+pub(crate) mod heif;
 pub(crate) mod ico;
 pub(crate) mod png;
 pub(crate) mod tiff;
@@ -86,6 +92,7 @@ pub(crate) fn read_header(
         Format::Bmp => Box::new(bmp::read_header(data, limits)?),
         Format::Ico => Box::new(ico::read_header(data, limits, depth)?),
         Format::Tiff => Box::new(tiff::read_header(data, limits)?),
+        Format::Avif | Format::Heic => Box::new(heif::read_header(format, data, limits)?),
         Format::Jpeg => {
             return Err(crate::Error::Internal(
                 "a JPEG reached the pixel formats' header reader".into(),

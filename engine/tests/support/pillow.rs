@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 
 use super::Gray;
 
-/// The pinned version; `scripts/test.sh` installs it.
+/// The pinned versions (Pillow, and pillow-heif for HEIC); `scripts/test.sh` installs them.
 pub const PILLOW: &str = "13.0.0";
+pub const PILLOW_HEIF: &str = "1.1.1";
 
 /// What Pillow shows for one file.
 pub struct Reference {
@@ -18,19 +19,22 @@ pub struct Reference {
     pub pillow_psnr: f64,
 }
 
-/// Whether `python3` with Pillow 13.0.0 is here; a skip (failing under CI) where not.
+/// Whether `python3` with the pinned Pillow and pillow-heif is here; a skip (failing under CI) where not.
 pub fn available() -> bool {
     let found = Command::new("python3")
-        .args(["-c", "import PIL; print(PIL.__version__)"])
+        .args([
+            "-c",
+            "import PIL, pillow_heif; print(PIL.__version__, pillow_heif.__version__)",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     match found {
-        Some(v) if v == PILLOW => true,
+        Some(v) if v == format!("{PILLOW} {PILLOW_HEIF}") => true,
         other => super::skip::<()>(&format!(
-            "python3 with Pillow {PILLOW} is needed for the reference (found {other:?}); \
-             pip install pillow=={PILLOW}"
+            "python3 with Pillow {PILLOW} and pillow-heif {PILLOW_HEIF} is needed for the \
+             reference (found {other:?}); pip install pillow=={PILLOW} pillow-heif=={PILLOW_HEIF}"
         ))
         .is_some(),
     }

@@ -2,7 +2,8 @@
 
 For every path given on stdin (one a line), writes OUT/<n>.raw, the 8-bit BT.601 luma of the
 image as Pillow 13 shows it (first frame, EXIF orientation applied with `exif_transpose`, alpha
-composited over white), and prints one JSON line: the index, the reference's size, and the PSNR
+composited over white; a HEIF's 16-bit gray scaled to 8 bits where Pillow would clip it), and
+prints one JSON line: the index, the reference's size, and the PSNR
 of Pillow's own path (`Image.open(f).convert("L").save(out, quality=Q)`) against that reference.
 A file Pillow cannot open prints `{"n": n, "error": "..."}`. Our decoder never takes part.
 
@@ -15,12 +16,22 @@ import math
 import sys
 
 import PIL
+import pillow_heif
 from PIL import Image, ImageChops, ImageOps
+
+pillow_heif.register_heif_opener()
 
 
 def reference(im):
     """BT.601 luma of `im` composited over white, as displayed."""
+    heif = im.format == "HEIF"
     im = ImageOps.exif_transpose(im)
+    if heif and im.mode.startswith("I;16"):
+        # pillow-heif hands 10- and 12-bit gray over as 16-bit; Pillow's own conversion to 8 bits
+        # clips it (nearly everything turns white, in the old system too). The reference is the
+        # honest image: 16 bits scaled to 8. (A 16-bit gray TIFF keeps Pillow's clipping, which
+        # the engine follows: docs/formats.md.)
+        im = im.convert("I").point(lambda v: v / 257 + 0.5).convert("L")
     rgba = im.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB").convert("L")

@@ -38,8 +38,9 @@ struct Expected {
     displayed: (u32, u32),
     source_name: String,
     /// The file sent, its EXIF orientation, and the PSNR its result must reach against it; `None`
-    /// for formats the reference decoders do not read (WebP, GIF, BMP, ICO: the engine's formats
-    /// test holds those against Pillow), whose result must equal the engine's own conversion.
+    /// for formats the reference decoders do not read (WebP, AVIF, HEIC, GIF, BMP, ICO, TIFF: the
+    /// engine's formats test holds those against Pillow), whose result must equal the engine's own
+    /// conversion.
     source: PathBuf,
     orientation: u32,
     min_db: Option<f64>,
@@ -194,6 +195,8 @@ async fn photos_conformance_files_and_a_large_upload_all_land_as_grayscale_jpegs
             (1600, 1200),
         ),
         ("formats/made/webp/lossless_alpha.webp", (1200, 800)),
+        ("formats/made/avif/yuv420_8bit.avif", (1200, 1600)),
+        ("formats/made/heic/photo.heic", (1200, 1600)),
         ("formats/made/gif/photo_palette.gif", (800, 533)),
         ("formats/made/bmp/rgb24.bmp", (1200, 800)),
         ("formats/imagers/ico/images/bmp-24bpp-mask.ico", (32, 32)),
