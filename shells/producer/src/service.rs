@@ -106,15 +106,15 @@ impl Inner {
                 meta.size
             )));
         }
-        // The declared size is a claim, not a reservation: the buffer grows (and its share of the
-        // memory budget with it) only as bytes arrive, so a client declaring 64 MiB and sending
-        // nothing holds nothing.
+        // The declared size is a claim, not a reservation: the upload's share of the memory budget
+        // grows only as bytes arrive, so a client declaring 64 MiB and sending nothing holds
+        // nothing (see `Buffer`).
         let mut reservation = self.budget.empty();
         // The metadata is held for the whole upload and a file name can be megabytes: it counts.
         reservation
             .grow(meta.encoded_len() as u64)
             .map_err(over_budget)?;
-        let mut buf = Buffer::new(reservation);
+        let mut buf = Buffer::new(reservation, meta.size);
         let mut sniffed = false;
         while let Some(message) = stream.message().await? {
             match message.part {
@@ -353,18 +353,27 @@ fn over_budget(e: cloudimg_runtime::Error) -> Status {
     Status::resource_exhausted(format!("{e} (CLOUDIMG_MEMORY_BUDGET)"))
 }
 
-/// An upload's bytes as they arrive, in one buffer whose capacity is reserved from the memory
-/// budget before it is allocated.
+/// An upload's bytes as they arrive, in one buffer. Its capacity is the size the client declared
+/// (within the upload limit, checked before), so each byte is copied once, as it arrives; a client
+/// that declared nothing, or sends more than it declared, gets a buffer that grows by doubling.
+/// The memory budget holds what has arrived (and the metadata): the capacity beyond it is address
+/// space the kernel backs with memory only when it is written, so a client that declares a large
+/// upload and stalls holds only what it sent.
 struct Buffer {
     bytes: BytesMut,
     reservation: Reservation,
+    /// What the reservation held before the first byte (the metadata).
+    base: u64,
+    declared: usize,
 }
 
 impl Buffer {
-    fn new(reservation: Reservation) -> Buffer {
+    fn new(reservation: Reservation, declared: u64) -> Buffer {
         Buffer {
             bytes: BytesMut::new(),
+            base: reservation.bytes(),
             reservation,
+            declared: usize::try_from(declared).unwrap_or(usize::MAX),
         }
     }
 
@@ -372,20 +381,27 @@ impl Buffer {
         self.bytes.len()
     }
 
-    /// Appends `chunk`, growing the buffer by doubling (never past `max`, the upload limit) and
-    /// the reservation by exactly the capacity added; RESOURCE_EXHAUSTED when the budget cannot
-    /// hold it. While a growth step copies, the old buffer (at most half the new one) still lives:
-    /// the default budget's share leaves room for that.
+    /// Appends `chunk` once the budget holds it (RESOURCE_EXHAUSTED when it cannot). The buffer
+    /// is allocated at the declared size on the first chunk, and grows by doubling (never past
+    /// `max`, the upload limit) only past it; while a growth step copies, the old buffer (at
+    /// most half the new one) still lives: the default budget's share leaves room for that.
     fn extend(&mut self, chunk: &[u8], max: u64) -> Result<(), Status> {
         let needed = self.bytes.len() + chunk.len();
-        let capacity = self.bytes.capacity();
-        if needed > capacity {
-            let target = (capacity * 2).max(64 << 10).min(max as usize).max(needed);
+        let held = self.reservation.bytes();
+        if self.base + needed as u64 > held {
             self.reservation
-                .grow((target - capacity) as u64)
+                .grow(self.base + needed as u64 - held)
                 .map_err(over_budget)?;
             metrics::gauge!("cloudimg_upload_bytes_reserved")
                 .set(self.reservation.budget().in_use() as f64);
+        }
+        let capacity = self.bytes.capacity();
+        if needed > capacity {
+            let target = if capacity == 0 && self.declared >= needed {
+                self.declared
+            } else {
+                (capacity * 2).max(64 << 10).min(max as usize).max(needed)
+            };
             let mut grown = BytesMut::with_capacity(target);
             grown.extend_from_slice(&self.bytes);
             self.bytes = grown;

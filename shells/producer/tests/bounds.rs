@@ -129,8 +129,8 @@ async fn stalled_and_dripping_uploads_end_at_their_deadlines_while_good_ones_lan
 
 /// The peak resident memory the producer may reach in the budget test: its own ~50 MiB (tokio,
 /// tonic, the AWS SDK, HTTP/2 buffers, the allocator's arenas; a test build's dependencies at
-/// opt-level 0 hold more than optimised ones) plus the 16 MiB budget and room for a growth step's
-/// copy. Measured (debug build, 2026-11-28): 55-58 MiB with the budget and optimised dependencies,
+/// opt-level 0 hold more than optimised ones) plus the 16 MiB budget and room for HTTP/2's
+/// receive windows. Measured (debug build, 2026-11-28): 55-58 MiB with the budget and optimised dependencies,
 /// 71 MiB with the test profile's unoptimised network stack; 116 MiB (optimised) with a 1 GiB
 /// budget, when all twelve uploads are held.
 const BUDGET_TEST_PEAK_KIB: u64 = 84 << 10;
@@ -140,9 +140,9 @@ async fn uploads_in_flight_hold_at_most_the_memory_budget_and_the_rest_are_refus
     let Some(connection) = broker().await else {
         return;
     };
-    // 16 MiB for four uploads' buffers and their metadata, which counts too (a budget counts in
-    // whole KiB: each metadata reservation is one); far less than the fifth upload's first 64 KiB.
-    const BUDGET: u64 = (16 << 20) + (16 << 10);
+    // 16 MiB for four uploads' bytes and their metadata, which counts too (a budget counts in
+    // whole KiB: each metadata reservation is one): a fifth upload's metadata finds no room.
+    const BUDGET: u64 = (16 << 20) + (4 << 10);
     let metrics = free_port();
     let producer = Producer::start(
         "budget",
