@@ -46,10 +46,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "formats/pillow_heif/heif/RGB_12__29x100.heif",
         "0.01 dB under on 2,900 pixels: libheif's own 12-bit to 8-bit RGB rounding not reproduced",
     ),
-    (
-        "formats/pillow_heif/heif_other/nokia/alpha.heic",
-        "'iovl' (overlay) primary item not read",
-    ),
 ];
 
 /// Whether the file's pixels are stored without loss, so `--format png` must give Pillow's luma.

@@ -361,9 +361,13 @@ unsafe fn hand_over(
             strides,
             chroma_shift,
             monochrome,
-            // libde265 does not report the VUI's colour description; the container's `colr`
-            // (or BT.601 full range, libheif's default) applies.
-            signal: None::<Signal>,
+            // The sequence parameter set's VUI, as libde265 reads it (limited range and an
+            // unspecified matrix where there is none); libheif takes these where the item has
+            // no `colr`, and so does the container reader.
+            signal: Some(Signal {
+                matrix: de265::de265_get_image_matrix_coefficients(image) as u16,
+                full_range: de265::de265_get_image_full_range_flag(image) != 0,
+            }),
         })
     }
 }

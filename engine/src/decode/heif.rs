@@ -3,12 +3,13 @@
 //! dav1d; `heic.rs`: libde265) and come back as planes, reduced here to luma.
 //!
 //! What is read: `ftyp`; in `meta`, `hdlr`, `pitm`, `iinf`/`infe`, `iloc` (construction methods 0,
-//! file offsets, and 1, `idat`), `iref` (`dimg` for grid tiles, `auxl` for alpha), `idat`, and
+//! file offsets, and 1, `idat`), `iref` (`dimg` for grid tiles and overlay layers, `auxl` for alpha), `idat`, and
 //! `iprp`'s `ipco`/`ipma` with the properties `ispe`, `clap`, `irot`, `imir`, `colr` (`nclx`: matrix and
 //! range; an ICC profile is not applied, as Pillow's `convert("L")` does not), `av1C`, `hvcC` and
 //! `auxC`. The primary item is shown (the first image of a multi-image file, as Pillow and
 //! pillow-heif show it); a `grid` item (as iPhones write HEIC) is decoded tile by tile into one
-//! canvas cropped to the grid's size. Every size and count comes from the header and is checked
+//! canvas cropped to the grid's size; an `iovl` overlay draws its layers (coded or grids, each
+//! with its alpha) over a canvas of its fill colour. Every size and count comes from the header and is checked
 //! against the limits, and every box against the bytes there are, before anything is allocated
 //! for pixels.
 //!
@@ -153,6 +154,21 @@ enum Kind {
         tile_height: u32,
         tiles: Vec<Coded>,
     },
+    /// Layers drawn in order over a canvas of one colour (`iovl`), `fill` its luma over white.
+    Overlay {
+        fill: u8,
+        layers: Vec<Layer>,
+    },
+}
+
+/// One layer of an overlay: an image (coded or a grid), its alpha, and where its top-left corner
+/// goes on the canvas (either may be negative, or past the canvas: what falls outside is cut).
+#[derive(Debug, Clone)]
+struct Layer {
+    image: Image,
+    alpha: Option<Image>,
+    x: i64,
+    y: i64,
 }
 
 /// An image item: coded, or a grid of coded tiles; its size as the container shows it.
@@ -706,22 +722,7 @@ pub(crate) fn read_header(format: Format, data: &[u8], limits: &Limits) -> Resul
         .ok_or_else(|| Error::invalid(format, "no 'meta' box"))?;
     let meta = parse_meta(data, meta.body, format)?;
     let image = image_item(&meta, meta.primary, codec, limits, data)?;
-    let alpha = meta
-        .refs
-        .iter()
-        .filter(|(k, _, to)| k == b"auxl" && to.contains(&meta.primary))
-        .map(|(_, from, _)| *from)
-        .find(|&id| meta.props(id).aux_alpha)
-        .map(|id| image_item(&meta, id, codec, limits, data))
-        .transpose()?;
-    if let Some(alpha) = &alpha
-        && (alpha.width, alpha.height) != (image.width, image.height)
-    {
-        return Err(Error::unsupported(format!(
-            "a {format} alpha plane of {}x{} for a {}x{} image (a scaled alpha plane)",
-            alpha.width, alpha.height, image.width, image.height
-        )));
-    }
+    let alpha = alpha_of(&meta, meta.primary, &image, codec, limits, data)?;
     let props = meta.props(meta.primary);
     let crop = props
         .clean_aperture
@@ -737,13 +738,93 @@ pub(crate) fn read_header(format: Format, data: &[u8], limits: &Limits) -> Resul
     })
 }
 
-/// An image item (coded, or a grid of coded items), every size in it checked against the
-/// limits.
+/// The alpha plane of item `id` (shown as `image`): the `auxl` item whose `auxC` says alpha.
+fn alpha_of(
+    meta: &Meta,
+    id: u32,
+    image: &Image,
+    codec: Codec,
+    limits: &Limits,
+    data: &[u8],
+) -> Result<Option<Image>> {
+    let format = codec.format();
+    let alpha = meta
+        .refs
+        .iter()
+        .filter(|(k, _, to)| k == b"auxl" && to.contains(&id))
+        .map(|(_, from, _)| *from)
+        .find(|&from| meta.props(from).aux_alpha)
+        .map(|from| image_item(meta, from, codec, limits, data))
+        .transpose()?;
+    if let Some(alpha) = &alpha
+        && (alpha.width, alpha.height) != (image.width, image.height)
+    {
+        return Err(Error::unsupported(format!(
+            "a {format} alpha plane of {}x{} for a {}x{} image (a scaled alpha plane)",
+            alpha.width, alpha.height, image.width, image.height
+        )));
+    }
+    Ok(alpha)
+}
+
+/// An overlay item (`iovl`, ISO/IEC 23008-12 6.6.2.2): its canvas's fill colour and size from
+/// its data, its layers from its `dimg` references, each with its own alpha. A layer may be coded
+/// or a grid, not another overlay.
+fn overlay(
+    meta: &Meta,
+    id: u32,
+    item: &Item,
+    codec: Codec,
+    limits: &Limits,
+    data: &[u8],
+) -> Result<Image> {
+    let format = codec.format();
+    let layer_ids = meta
+        .refs_from(b"dimg", id)
+        .next()
+        .ok_or_else(|| Error::invalid(format, "an overlay without layers ('dimg')"))?;
+    let body = item_bytes(data, &item.extents);
+    let mut r = Reader::new(&body, (0, body.len()), format);
+    r.u8()?;
+    let size = if r.u8()? & 1 == 1 { 4 } else { 2 };
+    let rgba = [r.u16()?, r.u16()?, r.u16()?, r.u16()?].map(|v| (u32::from(v) + 128) / 257);
+    let fill = luma::over_white(
+        ((rgba[0] * 19_595 + rgba[1] * 38_470 + rgba[2] * 7_471 + 32_768) >> 16) as u8,
+        rgba[3] as u8,
+    );
+    let (width, height) = (r.uint(size)? as u32, r.uint(size)? as u32);
+    limits.check_dimensions(width, height)?;
+    let signed = |v: u64| {
+        let bits = size as u32 * 8;
+        ((v << (64 - bits)) as i64) >> (64 - bits)
+    };
+    let mut layers = Vec::with_capacity(layer_ids.len());
+    for &layer in layer_ids {
+        if &meta.item(layer, format)?.kind == b"iovl" {
+            return Err(Error::unsupported(format!(
+                "a {format} overlay of overlays"
+            )));
+        }
+        let (x, y) = (signed(r.uint(size)?), signed(r.uint(size)?));
+        let image = image_item(meta, layer, codec, limits, data)?;
+        let alpha = alpha_of(meta, layer, &image, codec, limits, data)?;
+        layers.push(Layer { image, alpha, x, y });
+    }
+    Ok(Image {
+        width,
+        height,
+        kind: Kind::Overlay { fill, layers },
+    })
+}
+
+/// An image item (coded, a grid of coded items, or an overlay of those), every size in it
+/// checked against the limits.
 fn image_item(meta: &Meta, id: u32, codec: Codec, limits: &Limits, data: &[u8]) -> Result<Image> {
     let format = codec.format();
     let item = meta.item(id, format)?;
     let props = meta.props(id);
     match &item.kind {
+        b"iovl" => overlay(meta, id, item, codec, limits, data),
         b"grid" => {
             let tiles_ids = meta
                 .refs_from(b"dimg", id)
@@ -1050,10 +1131,23 @@ impl HeifHeader {
             .collect()
     }
 
-    /// An image's luma plane, `image.width * image.height`, tile by tile for a grid.
+    /// An image's luma plane, `image.width * image.height`: tile by tile for a grid, layer by
+    /// layer for an overlay.
     fn plane(&self, data: &[u8], image: &Image, cancel: &Cancel) -> Result<Vec<u8>> {
         let format = self.codec.format();
         let (width, height) = (image.width as usize, image.height as usize);
+        if let Kind::Overlay { fill, layers } = &image.kind {
+            let mut canvas = vec![*fill; width * height];
+            for layer in layers {
+                let luma = self.plane(data, &layer.image, cancel)?;
+                let alpha = match &layer.alpha {
+                    Some(a) => Some(self.plane(data, &strip_matrix(a), cancel)?),
+                    None => None,
+                };
+                draw(&mut canvas, width, height, layer, &luma, alpha.as_deref());
+            }
+            return Ok(canvas);
+        }
         let mut out = vec![0u8; width * height];
         let mut one = |coded: &Coded, x0: usize, y0: usize| -> Result<()> {
             decode_coded(self.codec, data, coded, &mut |picture| {
@@ -1086,8 +1180,33 @@ impl HeifHeader {
                     }
                 }
             }
+            Kind::Overlay { .. } => unreachable!("overlays are drawn above"),
         }
         Ok(out)
+    }
+
+    /// What [`HeifHeader::plane`] holds for `image`: its plane, and while each coded picture is
+    /// mapped the codec's buffers; for an overlay, each layer's planes in turn on the canvas.
+    fn estimate_plane(&self, heap: &mut Heap, image: &Image) {
+        let pixels = |image: &Image| u64::from(image.width) * u64::from(image.height);
+        heap.alloc(pixels(image));
+        match &image.kind {
+            Kind::Overlay { layers, .. } => {
+                for layer in layers {
+                    self.estimate_plane(heap, &layer.image);
+                    if let Some(alpha) = &layer.alpha {
+                        self.estimate_plane(heap, alpha);
+                        heap.free(pixels(alpha));
+                    }
+                    heap.free(pixels(&layer.image));
+                }
+            }
+            _ => {
+                let codec = self.codec_bytes(image);
+                heap.alloc(codec);
+                heap.free(codec);
+            }
+        }
     }
 
     /// What one decode holds in the codec's buffers, in bytes: its picture (a grid's tile, or the
@@ -1102,6 +1221,8 @@ impl HeifHeader {
         let coded = match &image.kind {
             Kind::Coded(c) => c,
             Kind::Grid { tiles, .. } => &tiles[0],
+            // Layers are decoded one after another (`estimate_plane`).
+            Kind::Overlay { .. } => return 0,
         };
         let (w, h) = (coded.width as usize, coded.height as usize);
         let Sampling { chroma, depths } = coded.sampling;
@@ -1170,10 +1291,7 @@ impl Source for HeifHeader {
         // One plane: decoded whole, with the codec's buffers (C heap) live while its picture is
         // mapped, then cropped into its own buffer where there is a crop.
         let plane = |heap: &mut Heap, image: &Image| {
-            heap.alloc(decoded);
-            let codec = self.codec_bytes(image);
-            heap.alloc(codec);
-            heap.free(codec);
+            self.estimate_plane(heap, image);
             if self.crop.is_some() {
                 heap.alloc(shown);
                 heap.free(decoded);
@@ -1188,6 +1306,42 @@ impl Source for HeifHeader {
             heap.free(shown);
         }
         !flatten_alpha
+    }
+}
+
+/// Draws `layer` (its `luma`, and `alpha` where it has one) on the `width` x `height` `canvas`
+/// at its offset, cutting what falls outside; with alpha, `a * layer + (1 - a) * canvas`,
+/// rounded, as libheif composes an overlay's RGB.
+fn draw(
+    canvas: &mut [u8],
+    width: usize,
+    height: usize,
+    layer: &Layer,
+    luma: &[u8],
+    alpha: Option<&[u8]>,
+) {
+    let (lw, lh) = (layer.image.width as i64, layer.image.height as i64);
+    let x0 = layer.x.clamp(0, width as i64);
+    let x1 = (layer.x + lw).clamp(0, width as i64);
+    let y0 = layer.y.clamp(0, height as i64);
+    let y1 = (layer.y + lh).clamp(0, height as i64);
+    if x0 >= x1 || y0 >= y1 {
+        return;
+    }
+    let (n, sx) = ((x1 - x0) as usize, (x0 - layer.x) as usize);
+    for y in y0..y1 {
+        let src = (y - layer.y) as usize * lw as usize + sx;
+        let dst = &mut canvas[y as usize * width + x0 as usize..][..n];
+        let row = &luma[src..src + n];
+        match alpha {
+            None => dst.copy_from_slice(row),
+            Some(alpha) => {
+                for ((d, &l), &a) in dst.iter_mut().zip(row).zip(&alpha[src..src + n]) {
+                    let (l, a, d0) = (u32::from(l), u32::from(a), u32::from(*d));
+                    *d = ((l * a + d0 * (255 - a) + 127) / 255) as u8;
+                }
+            }
+        }
     }
 }
 
@@ -1216,6 +1370,8 @@ fn strip_matrix(image: &Image) -> Image {
                 tile_height: *tile_height,
                 tiles: tiles.iter().map(strip).collect(),
             },
+            // An alpha item is coded or a grid; an overlay's layers carry their own alpha.
+            overlay @ Kind::Overlay { .. } => overlay.clone(),
         },
     }
 }
@@ -1261,6 +1417,39 @@ mod tests {
         // An aperture reaching past the right edge is cut at it.
         let c = crop([(40, 1), (20, 1), (50, 1), (0, 1)], 100, 50).unwrap();
         assert_eq!((c.x, c.width), (80, 20));
+    }
+
+    #[test]
+    fn an_overlay_layer_is_cut_to_the_canvas_and_blended_by_its_alpha() {
+        let mut canvas = vec![10u8; 4 * 3];
+        let layer = Layer {
+            image: Image {
+                width: 2,
+                height: 2,
+                kind: Kind::Overlay {
+                    fill: 0,
+                    layers: Vec::new(),
+                },
+            },
+            alpha: None,
+            x: -1,
+            y: 1,
+        };
+        // Only the layer's right column lands, on the canvas's first column, rows 1 and 2:
+        // 101 at full alpha; (103 * 128 + 10 * 127 + 127) / 255 = 57.
+        draw(
+            &mut canvas,
+            4,
+            3,
+            &layer,
+            &[100, 101, 102, 103],
+            Some(&[0, 255, 0, 128]),
+        );
+        assert_eq!(canvas, [10, 10, 10, 10, 101, 10, 10, 10, 57, 10, 10, 10]);
+        // Past the canvas: nothing drawn.
+        let away = Layer { x: 4, ..layer };
+        draw(&mut canvas, 4, 3, &away, &[0; 4], None);
+        assert_eq!(canvas, [10, 10, 10, 10, 101, 10, 10, 10, 57, 10, 10, 10]);
     }
 
     #[test]
