@@ -37,6 +37,9 @@ command -v ninja >/dev/null || need_apt+=(ninja-build)
 command -v nasm >/dev/null || need_apt+=(nasm)
 # HEIC: the libde265-sys2 crate builds its embedded libde265 with cmake.
 command -v cmake >/dev/null || need_apt+=(cmake)
+# The formats test makes the AVIF and HEIC cases the corpus lacks (12-bit, 4:2:2, mirrored).
+command -v avifenc >/dev/null || need_apt+=(libavif-bin)
+command -v heif-enc >/dev/null || need_apt+=(libheif-examples)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]}"
     apt_install "${need_apt[@]}"

@@ -700,8 +700,11 @@ fn apply_property(data: &[u8], prop: &Bx, props: &mut Props, format: Format) -> 
             props.orientation = compose(props.orientation, Step::Turn((4 - anticlockwise) % 4));
         }
         b"imir" => {
-            // Axis 0: a vertical axis (left and right swap); 1: a horizontal one.
-            let left_right = r.u8()? & 1 == 0;
+            // Mode (formerly "axis") 0 exchanges top and bottom, 1 left and right: as libheif
+            // (`heif_transform_mirror_direction_vertical` = 0) and libavif read it, and as
+            // avifenc writes it (`--imir 0`: top-to-bottom). Shown by the formats test's
+            // generated `imir` files against Pillow.
+            let left_right = r.u8()? & 1 == 1;
             props.orientation = compose(props.orientation, Step::Mirror { left_right });
         }
         _ => {}
