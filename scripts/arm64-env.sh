@@ -12,6 +12,7 @@ arm_have_toolchain() {
     [[ -x /usr/bin/rustc && -x /usr/bin/cargo ]] \
         && [[ -d "$(/usr/bin/rustc --print sysroot)/lib/rustlib/$arm_triple/lib" ]] \
         && command -v aarch64-linux-gnu-gcc >/dev/null \
+        && command -v aarch64-linux-gnu-g++ >/dev/null \
         && [[ -f /usr/aarch64-linux-gnu/lib/libc.a ]] \
         && command -v qemu-aarch64-static >/dev/null
 }
@@ -28,13 +29,14 @@ arm_ensure_toolchain() {
         echo "the aarch64 toolchain is missing and there is no apt-get"
         return 1
     fi
-    printf '\n== arm64: installing the aarch64 toolchain (rustc-web, gcc-aarch64-linux-gnu, qemu-user-static)\n' >&2
+    printf '\n== arm64: installing the aarch64 toolchain (rustc-web, gcc/g++-aarch64-linux-gnu, qemu-user-static)\n' >&2
     if ! dpkg --print-foreign-architectures | grep -qx arm64; then
         dpkg --add-architecture arm64
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web cargo-web \
-        libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static \
+        libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross \
+        qemu-user-static \
         >/dev/null
     if ! arm_have_toolchain; then
         echo "the aarch64 toolchain is still incomplete after apt-get install"
@@ -43,7 +45,8 @@ arm_ensure_toolchain() {
 }
 
 # `arm_cargo SUBCOMMAND ARGS...`: Debian's cargo and rustc (the rustup proxies earlier on PATH would
-# pick a toolchain without the aarch64 standard library), the cross linker and C compiler (ring),
+# pick a toolchain without the aarch64 standard library), the cross linker and C compilers (ring,
+# dav1d, libde265; pkg-config allowed to cross, for the .pc file libde265's own build writes),
 # qemu as the runner, static linking, the aarch64 target directory; no rustc wrapper (test.sh's
 # clippy-driver belongs to the rustup toolchain, not to Debian's rustc).
 arm_cargo() {
@@ -53,6 +56,8 @@ arm_cargo() {
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
         CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+        CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
+        PKG_CONFIG_ALLOW_CROSS=1 \
         AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
         /usr/bin/cargo "$1" --locked --target "$arm_triple" "${@:2}"
 }
