@@ -68,8 +68,8 @@ def instructions(body):
 KERNELS = [
     ("luma", "RGB(A) to luma, all three kernels (wide u32x8; one function, the stride a parameter)",
      [r"luma::portable::kernel$", r"luma::portable::rgb$", r"luma::rgb$"]),
-    ("fdct", "forward DCT + quantization (portable eight-lane code)",
-     [r"jpeg::fdct::lanes$"]),
+    ("fdct", "forward DCT + quantization (the NEON twin)",
+     [r"jpeg::fdct::neon$"]),
     ("requantize-mask", "requantization: surviving-coefficient mask (wide i16x16)",
      [r"jpeg::survive::portable$"]),
     ("requantize-encode", "requantization fused into the entropy coder (scalar by nature)",

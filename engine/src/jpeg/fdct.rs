@@ -150,15 +150,21 @@ impl Divisor {
 pub(crate) struct Quantizer {
     /// By natural index.
     divisors: [Divisor; 64],
-    /// The same, a row of eight at a time, for the AVX2 transform.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    /// The same, a row of eight at a time, for the AVX2 and NEON transforms.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     vector_divisors: [RowDivisors; 8],
     transform: Transform,
 }
 
 /// One row of divisors as vectors take them; `shift` includes the 16.
 #[derive(Clone, Copy)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 struct RowDivisors {
     reciprocal: [u32; 8],
     correction: [u32; 8],
@@ -180,6 +186,10 @@ impl Quantizer {
         for (k, &step) in table.iter().enumerate() {
             divisors[usize::from(NATURAL[k])] = Divisor::new(step);
         }
+        // NEON is every aarch64 CPU's; AVX2 is detected.
+        #[cfg(target_arch = "aarch64")]
+        let transform: Transform = neon;
+        #[cfg(not(target_arch = "aarch64"))]
         let transform: Transform = match crate::SimdPath::detect() {
             #[cfg(target_arch = "x86_64")]
             crate::SimdPath::Avx2 => avx2_detected,
@@ -240,7 +250,9 @@ fn store(natural: &[i32; 64], block: &mut Block) {
 }
 
 /// All eight rows at once, then all eight columns at once; the same arithmetic as [`scalar`].
-/// Portable: the compiler vectorizes it for whatever the target has (NEON on Graviton).
+/// Portable: the compiler vectorizes it on x86_64 without AVX2 (SSE2); on aarch64 it stays
+/// scalar (docs/engine-speed.md), so [`neon`] runs there.
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 fn lanes(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut Block) {
     // Column j of the block across the eight rows: pass 1 transforms every row at once.
     let columns: [Lanes; 8] = std::array::from_fn(|j| {
@@ -316,6 +328,60 @@ unsafe fn avx2(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut 
             let q = _mm256_srlv_epi32(product, load(&divisors.shift));
             let signed = _mm256_sign_epi32(q, row.0);
             _mm256_storeu_si256(natural[u * 8..].as_mut_ptr().cast(), signed);
+        }
+    }
+    store(&natural, block);
+}
+
+/// The transform in NEON registers: the same passes as [`lanes`] and [`scalar`] (through
+/// [`Sample`]) on eight 32-bit lanes in two registers, the shared 8x8 transposes, and the
+/// quantization in vectors (libjpeg-turbo's reciprocal: magnitude plus correction, times the
+/// reciprocal, shifted; the sign put back).
+///
+/// SAFETY (the `unsafe` blocks): NEON is part of the aarch64 target's baseline (see
+/// `jpeg::neon`); the loads and stores stay within the slices they are given.
+#[cfg(target_arch = "aarch64")]
+fn neon(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut Block) {
+    use super::neon::{Vector, transpose};
+    use std::arch::aarch64::*;
+    let rows: [Vector; 8] = std::array::from_fn(|r| {
+        let line = &pixels[r * stride..r * stride + 8];
+        unsafe {
+            let centred = vsubq_s16(
+                vreinterpretq_s16_u16(vmovl_u8(vld1_u8(line.as_ptr()))),
+                vdupq_n_s16(128),
+            );
+            Vector(vmovl_s16(vget_low_s16(centred)), vmovl_high_s16(centred))
+        }
+    });
+    let by_frequency = pass(
+        transpose(rows),
+        |x| x.shl(PASS1_BITS),
+        CONST_BITS - PASS1_BITS,
+    );
+    let out = pass(
+        transpose(by_frequency),
+        |x| x.descale(PASS1_BITS),
+        CONST_BITS + PASS1_BITS,
+    );
+    let mut natural = [0i32; 64];
+    for (u, row) in out.iter().enumerate() {
+        let divisors = &quantizer.vector_divisors[u];
+        for (half, x) in [(0, row.0), (4, row.1)] {
+            unsafe {
+                let load = |v: &[u32; 8]| vld1q_u32(v[half..].as_ptr());
+                let magnitude = vaddq_u32(
+                    vreinterpretq_u32_s32(vabsq_s32(x)),
+                    load(&divisors.correction),
+                );
+                let product = vmulq_u32(magnitude, load(&divisors.reciprocal));
+                // A shift by a negative count is a shift right.
+                let right = vnegq_s32(vreinterpretq_s32_u32(load(&divisors.shift)));
+                let q = vreinterpretq_s32_u32(vshlq_u32(product, right));
+                let sign = vshrq_n_s32::<31>(x);
+                let signed = vsubq_s32(veorq_s32(q, sign), sign);
+                vst1q_s32(natural[u * 8 + half..].as_mut_ptr(), signed);
+            }
         }
     }
     store(&natural, block);
@@ -419,7 +485,10 @@ mod tests {
     /// Every transform this CPU can run.
     fn kernels() -> Vec<(&'static str, Transform)> {
         // Only x86_64 adds kernels to the list.
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_mut)
+        )]
         let mut kernels: Vec<(&str, Transform)> = vec![("portable", lanes)];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -427,6 +496,8 @@ mod tests {
         } else {
             crate::luma::note_untested_without("AVX2", "forward DCT");
         }
+        #[cfg(target_arch = "aarch64")]
+        kernels.push(("neon", neon));
         kernels
     }
 

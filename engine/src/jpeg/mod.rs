@@ -9,6 +9,8 @@ mod huffman;
 mod idct;
 mod islow;
 pub(crate) mod markers;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod rotate;
 mod survive;
 mod tables;
