@@ -293,8 +293,8 @@ fn avx2_detected(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mu
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut Block) {
+    use super::x86::{Vector, transpose};
     use std::arch::x86_64::*;
-    use x86::Vector;
     let rows: [Vector; 8] = std::array::from_fn(|r| {
         let line = &pixels[r * stride..r * stride + 8];
         // SAFETY: `line` holds the 8 bytes read; AVX2 is enabled here.
@@ -307,12 +307,12 @@ unsafe fn avx2(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut 
         }
     });
     let by_frequency = pass(
-        x86::transpose(rows),
+        transpose(rows),
         |x| x.shl(PASS1_BITS),
         CONST_BITS - PASS1_BITS,
     );
     let out = pass(
-        x86::transpose(by_frequency),
+        transpose(by_frequency),
         |x| x.descale(PASS1_BITS),
         CONST_BITS + PASS1_BITS,
     );
@@ -385,84 +385,6 @@ fn neon(pixels: &[u8], stride: usize, quantizer: &Quantizer, block: &mut Block) 
         }
     }
     store(&natural, block);
-}
-
-/// An AVX2 register as a [`Sample`]: eight 32-bit lanes.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Sample;
-    use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct Vector(pub __m256i);
-
-    // SAFETY (every block below): a `Vector` is only ever made inside `avx2`, which runs only
-    // where the CPU reported AVX2, so any code holding one runs on such a CPU.
-    impl std::ops::Add for Vector {
-        type Output = Vector;
-        #[inline(always)]
-        fn add(self, other: Vector) -> Vector {
-            Vector(unsafe { _mm256_add_epi32(self.0, other.0) })
-        }
-    }
-
-    impl std::ops::Sub for Vector {
-        type Output = Vector;
-        #[inline(always)]
-        fn sub(self, other: Vector) -> Vector {
-            Vector(unsafe { _mm256_sub_epi32(self.0, other.0) })
-        }
-    }
-
-    impl Sample for Vector {
-        #[inline(always)]
-        fn times(self, c: i64) -> Vector {
-            Vector(unsafe { _mm256_mullo_epi32(self.0, _mm256_set1_epi32(c as i32)) })
-        }
-        #[inline(always)]
-        fn shl(self, n: i64) -> Vector {
-            Vector(unsafe { _mm256_sll_epi32(self.0, _mm_cvtsi64_si128(n)) })
-        }
-        #[inline(always)]
-        fn descale(self, n: i64) -> Vector {
-            unsafe {
-                let rounded = _mm256_add_epi32(self.0, _mm256_set1_epi32(1 << (n - 1)));
-                Vector(_mm256_sra_epi32(rounded, _mm_cvtsi64_si128(n)))
-            }
-        }
-    }
-
-    /// Rows to columns of an 8x8 matrix of 32-bit values.
-    #[inline(always)]
-    pub(super) fn transpose(m: [Vector; 8]) -> [Vector; 8] {
-        unsafe {
-            let t: [__m256i; 8] = std::array::from_fn(|i| {
-                let (a, b) = (m[i & !1].0, m[i | 1].0);
-                if i % 2 == 0 {
-                    _mm256_unpacklo_epi32(a, b)
-                } else {
-                    _mm256_unpackhi_epi32(a, b)
-                }
-            });
-            let u: [__m256i; 8] = std::array::from_fn(|i| {
-                let first = (i & 4) | ((i >> 1) & 1);
-                let (a, b) = (t[first], t[first + 2]);
-                if i & 1 == 0 {
-                    _mm256_unpacklo_epi64(a, b)
-                } else {
-                    _mm256_unpackhi_epi64(a, b)
-                }
-            });
-            std::array::from_fn(|i| {
-                let (a, b) = (u[i & 3], u[(i & 3) | 4]);
-                Vector(if i < 4 {
-                    _mm256_permute2x128_si256::<0x20>(a, b)
-                } else {
-                    _mm256_permute2x128_si256::<0x31>(a, b)
-                })
-            })
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 //! the intermediate rows in 32: hostile coefficients and 16-bit quantization tables can
 //! overflow 32-bit products (the fuzzer found one), and must give garbage pixels, not a panic.
 //!
-//! On aarch64 a NEON twin runs the same passes in 32-bit lanes (NEON has no 64-bit lane multiply
-//! for the reference's arithmetic), for every block whose bounds prove 32 bits exact, which is
-//! every block of a real photo; property tests (run under qemu by `scripts/test-arm64.sh`)
-//! prove it equal to the reference.
+//! Vector twins run the same passes in 32-bit lanes, for every block whose bounds prove 32 bits
+//! exact, which is every block of a real photo: AVX2 on x86_64 (where the CPU has it), NEON on
+//! aarch64 (which has no 64-bit lane multiply for the reference's arithmetic). Property tests
+//! prove them equal to the reference (the NEON one under qemu, by `scripts/test-arm64.sh`).
 
 use super::decoder::Block;
 use super::islow::*;
@@ -74,7 +74,6 @@ fn butterfly<T: Sample>(v: [T; 8]) -> [T; 8] {
 /// coefficients of 8-bit samples are within about +-1100, the rows between the passes within
 /// a few thousand); blocks above it, which only corrupt or hostile files hold, take the 64-bit
 /// reference.
-#[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
 const EXACT_IN_32_BITS: u32 = 12_000;
 
 /// Dequantizes `block` (zigzag) with `quant` (zigzag) into natural order. Every product fits in
@@ -98,15 +97,89 @@ fn dequantize(block: &Block, quant: &QuantTable) -> [i32; 64] {
 }
 
 /// Dequantizes `block` (zigzag) with `quant` (zigzag) and writes its 8x8 samples to `out`, rows
-/// `stride` bytes apart. The one dispatch point: NEON on aarch64 where the block's bounds allow
-/// ([`EXACT_IN_32_BITS`]), the 64-bit reference everywhere else.
+/// `stride` bytes apart. The one dispatch point: AVX2 on x86_64 (where the CPU has it) and NEON
+/// on aarch64 where the block's bounds allow ([`EXACT_IN_32_BITS`]), the 64-bit reference
+/// everywhere else.
 pub(crate) fn idct_block(block: &Block, quant: &QuantTable, out: &mut [u8], stride: usize) {
     let coef = dequantize(block, quant);
+    #[cfg(target_arch = "x86_64")]
+    if crate::SimdPath::detect() == crate::SimdPath::Avx2
+        // SAFETY: the CPU reported AVX2.
+        && unsafe { avx2::transform(&coef, out, stride) }
+    {
+        return;
+    }
     #[cfg(target_arch = "aarch64")]
     if neon::transform(&coef, out, stride) {
         return;
     }
     scalar(&coef, out, stride);
+}
+
+/// The transform in AVX2 registers, eight columns (then eight rows) at once: the same
+/// [`butterfly`] as the reference in 32-bit lanes, with two 8x8 transposes; the NEON twin's
+/// steps, one register a row.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::islow::*;
+    use super::super::x86::{Vector, transpose};
+    use super::{EXACT_IN_32_BITS, butterfly};
+    use std::arch::x86_64::*;
+
+    /// Whether every lane's magnitude is at most [`EXACT_IN_32_BITS`] (`i32::MIN`, whose
+    /// absolute value wraps to itself, reads as 2^31 and fails).
+    #[inline(always)]
+    unsafe fn within_exact_range(m: &[Vector; 8]) -> bool {
+        unsafe {
+            let limit = _mm256_set1_epi32(EXACT_IN_32_BITS as i32);
+            let largest = m.iter().fold(_mm256_setzero_si256(), |acc, v| {
+                _mm256_max_epu32(acc, _mm256_abs_epi32(v.0))
+            });
+            let within = _mm256_cmpeq_epi32(_mm256_max_epu32(largest, limit), limit);
+            _mm256_movemask_epi8(within) == -1
+        }
+    }
+
+    /// Writes the block's samples and returns true, or returns false without writing when the
+    /// coefficients or the rows between the passes are beyond [`EXACT_IN_32_BITS`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transform(coef: &[i32; 64], out: &mut [u8], stride: usize) -> bool {
+        // SAFETY (the blocks below): AVX2 is enabled here; each load reads one row's eight
+        // values, each store writes one output row's eight bytes.
+        let rows: [Vector; 8] = std::array::from_fn(|r| unsafe {
+            Vector(_mm256_loadu_si256(coef[r * 8..r * 8 + 8].as_ptr().cast()))
+        });
+        if !unsafe { within_exact_range(&rows) } {
+            return false;
+        }
+        let work = butterfly(rows).map(|x| x.descale(CONST_BITS - PASS1_BITS));
+        if !unsafe { within_exact_range(&work) } {
+            return false;
+        }
+        let samples = transpose(butterfly(transpose(work)));
+        for (r, v) in samples.into_iter().enumerate() {
+            let line = &mut out[r * stride..r * stride + 8];
+            unsafe {
+                // libjpeg's range limit, computed: the final descale, the value sign-extended
+                // from 10 bits (the table's index is its low 10 bits), plus 128, saturated.
+                let rounded =
+                    _mm256_add_epi32(v.0, _mm256_set1_epi32(1 << (CONST_BITS + PASS1_BITS + 2)));
+                let descaled =
+                    _mm256_srai_epi32::<{ (CONST_BITS + PASS1_BITS + 3) as i32 }>(rounded);
+                let wrapped = _mm256_srai_epi32::<22>(_mm256_slli_epi32::<22>(descaled));
+                let level = _mm256_add_epi32(wrapped, _mm256_set1_epi32(128));
+                let words = _mm_packs_epi32(
+                    _mm256_castsi256_si128(level),
+                    _mm256_extracti128_si256::<1>(level),
+                );
+                _mm_storel_epi64(line.as_mut_ptr().cast(), _mm_packus_epi16(words, words));
+            }
+        }
+        true
+    }
 }
 
 /// The reference: `jpeg_idct_islow` one column, then one row, at a time, in 64 bits.
@@ -314,23 +387,43 @@ mod tests {
         }
     }
 
-    /// The NEON path must really run on photo blocks (an equality test alone would also pass
-    /// if it always fell back), and must leave hostile ones to the reference untouched.
-    #[cfg(target_arch = "aarch64")]
+    /// The AVX2 path must really run on photo blocks, and leave hostile ones untouched (as the
+    /// NEON one, below).
+    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn neon_takes_photo_blocks_and_leaves_hostile_ones() {
+    fn avx2_takes_photo_blocks_and_leaves_hostile_ones() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            crate::luma::note_untested_without("AVX2", "inverse DCT");
+            return;
+        }
+        let (photo, hostile) = (photo_block(), hostile_blocks());
+        let mut pixels = [0u8; 64];
+        // SAFETY: the CPU reported AVX2.
+        assert!(unsafe { avx2::transform(&photo, &mut pixels, 8) });
+        let mut want = [0u8; 64];
+        scalar(&photo, &mut want, 8);
+        assert_eq!(pixels, want);
+        for block in hostile {
+            let mut untouched = [7u8; 64];
+            // SAFETY: as above.
+            assert!(!unsafe { avx2::transform(&block, &mut untouched, 8) });
+            assert_eq!(untouched, [7u8; 64]);
+        }
+    }
+
+    /// A photo-like block: coefficients of a few hundred, DC 1016.
+    fn photo_block() -> [i32; 64] {
         let mut photo = [0i32; 64];
         for (i, c) in photo.iter_mut().enumerate() {
             *c = ((i as i32 * 37) % 23 - 11) * 16;
         }
         photo[0] = 1016;
-        let mut pixels = [0u8; 64];
-        assert!(neon::transform(&photo, &mut pixels, 8));
-        let mut want = [0u8; 64];
-        scalar(&photo, &mut want, 8);
-        assert_eq!(pixels, want);
+        photo
+    }
 
-        for hostile in [
+    /// Blocks past [`EXACT_IN_32_BITS`]: the vector twins must leave them to the reference.
+    fn hostile_blocks() -> [[i32; 64]; 3] {
+        [
             [i32::from(i16::MAX) * 65535; 64],
             std::array::from_fn(|i| if i == 0 { i32::MIN + 32768 } else { 0 }),
             std::array::from_fn(|i| {
@@ -340,7 +433,21 @@ mod tests {
                     0
                 }
             }),
-        ] {
+        ]
+    }
+
+    /// The NEON path must really run on photo blocks (an equality test alone would also pass
+    /// if it always fell back), and must leave hostile ones to the reference untouched.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_takes_photo_blocks_and_leaves_hostile_ones() {
+        let photo = photo_block();
+        let mut pixels = [0u8; 64];
+        assert!(neon::transform(&photo, &mut pixels, 8));
+        let mut want = [0u8; 64];
+        scalar(&photo, &mut want, 8);
+        assert_eq!(pixels, want);
+        for hostile in hostile_blocks() {
             let mut untouched = [7u8; 64];
             assert!(!neon::transform(&hostile, &mut untouched, 8));
             assert_eq!(untouched, [7u8; 64]);

@@ -15,6 +15,8 @@ mod rotate;
 mod survive;
 mod tables;
 mod transcode;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::time::Instant;
 
