@@ -88,13 +88,26 @@ impl Transcoder {
                 let start = Instant::now();
                 let blocks_h = self.plane.len() / self.blocks_w.max(1);
                 let (out_w, out_h) = upright.output_size(self.blocks_w, blocks_h);
-                for y in 0..out_h {
+                // Output rows are turned a band at a time, then encoded as an upright image's
+                // rows are (the BMI2 encoder where the CPU has it). A band, not a row: turned a
+                // quarter, an output row is a source column, and the band's rows read
+                // neighbouring blocks of each source row together instead of one block per
+                // cache line.
+                const BAND: usize = 8;
+                let mut band = vec![Block::ZERO; BAND * out_w];
+                for y0 in (0..out_h).step_by(BAND) {
                     cancel.check()?;
+                    let rows = BAND.min(out_h - y0);
                     for x in 0..out_w {
-                        let (sx, sy) = upright.source_block(x, y, self.blocks_w, blocks_h);
-                        let block = upright.block(&self.plane[sy * self.blocks_w + sx]);
-                        let mask = requantizer.surviving(&block.coef);
-                        writer.write_block(&block, mask, |k, v| requantizer.apply(k, v))?;
+                        for dy in 0..rows {
+                            let (sx, sy) =
+                                upright.source_block(x, y0 + dy, self.blocks_w, blocks_h);
+                            band[dy * out_w + x] =
+                                upright.block(&self.plane[sy * self.blocks_w + sx]);
+                        }
+                    }
+                    for row in band.chunks_exact(out_w).take(rows) {
+                        encode_row(&mut writer, &requantizer, row)?;
                     }
                 }
                 self.encode_time += start.elapsed();
@@ -126,6 +139,12 @@ impl LumaSink for Transcoder {
         };
         let writer = GrayJpegWriter::new(width, height, &table, orientation, self.capacity)?;
         self.output = Some((writer, Requantizer::new(&source, &table)));
+        if self.upright.is_some() {
+            // The whole plane is kept: sized once, as the estimate counts it, rather than grown
+            // by doubling (a copy of what it holds at every step).
+            self.plane
+                .reserve_exact(luma_blocks(self.width, self.height));
+        }
         Ok(())
     }
 
@@ -137,17 +156,24 @@ impl LumaSink for Transcoder {
         }
         let start = Instant::now();
         let (writer, requantizer) = self.output.as_mut().expect("begin precedes rows");
-        #[cfg(target_arch = "x86_64")]
-        if has_bmi2() {
-            // SAFETY: the CPU reported BMI2, POPCNT and LZCNT.
-            unsafe { encode_blocks_bmi2(writer, requantizer, blocks)? };
-            self.encode_time += start.elapsed();
-            return Ok(());
-        }
-        encode_blocks_portable(writer, requantizer, blocks)?;
+        encode_row(writer, requantizer, blocks)?;
         self.encode_time += start.elapsed();
         Ok(())
     }
+}
+
+/// Requantizes and entropy-encodes a row of blocks: the BMI2 encoder where the CPU has it.
+fn encode_row(
+    writer: &mut GrayJpegWriter,
+    requantizer: &Requantizer,
+    blocks: &[Block],
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if has_bmi2() {
+        // SAFETY: the CPU reported BMI2, POPCNT and LZCNT.
+        return unsafe { encode_blocks_bmi2(writer, requantizer, blocks) };
+    }
+    encode_blocks_portable(writer, requantizer, blocks)
 }
 
 #[inline(never)]
