@@ -410,9 +410,10 @@ fn check_made(paths: &[PathBuf], format: &str) -> Vec<String> {
 
 /// The AVIF and HEIC cases the corpus lacks, made at test time with Debian's `avifenc` (libavif
 /// 0.11, aom) and `heif-enc` (libheif 1.15, x265) from a 16-bit PNG photo: 12-bit and 4:2:2 AVIF,
-/// mirrored and rotated-and-mirrored AVIF (`imir`, `irot`), 10-bit and 12-bit 4:4:4 HEIC, and a
+/// mirrored and rotated-and-mirrored AVIF (`imir`, `irot`), 10-bit and 12-bit 4:4:4 HEIC, a
 /// HEIC made from a JPEG with EXIF orientation 6 (heif-enc keeps the EXIF; the HEIF rule, which
-/// libheif and the engine follow, does not apply it).
+/// libheif and the engine follow, does not apply it), and the 10-bit HEIC turned a quarter by an
+/// `irot` added here (heif-enc 1.15 writes none).
 #[test]
 fn generated_heifs_behave_as_pillow() {
     let Some(root) = support::corpus() else {
@@ -472,12 +473,127 @@ fn generated_heifs_behave_as_pillow() {
         };
         made.entry(format).or_default().push(path);
     }
+    let depth10 = std::fs::read(dir.join("depth10.heic")).expect("read the 10-bit HEIC");
+    let rotated = dir.join("depth10_irot1.heic");
+    std::fs::write(&rotated, with_irot(&depth10, 1)).expect("write");
+    made.entry("HEIC").or_default().push(rotated);
     let failures: Vec<String> = made
         .iter()
         .flat_map(|(format, paths)| check_made(paths, format))
         .collect();
     std::fs::remove_dir_all(&dir).ok();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `heif` (ftyp, meta, mdat, as heif-enc writes them) with an `irot` of `turns` anticlockwise
+/// quarter turns added to its primary item, marked essential: the box appended to `ipco`, its
+/// index to the primary's `ipma` entry, every enclosing size grown and every `iloc` file offset
+/// moved by the bytes added.
+fn with_irot(heif: &[u8], turns: u8) -> Vec<u8> {
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let be16 = |b: &[u8], at: usize| u16::from_be_bytes(b[at..at + 2].try_into().unwrap());
+    // (kind, start, size) of the boxes from `at` to `end`.
+    let children = |b: &[u8], mut at: usize, end: usize| {
+        let mut out = Vec::new();
+        while at + 8 <= end {
+            let size = be32(b, at) as usize;
+            out.push((b[at + 4..at + 8].to_vec(), at, size));
+            at += size;
+        }
+        out
+    };
+    let find = |list: &[(Vec<u8>, usize, usize)], kind: &[u8]| {
+        list.iter()
+            .find(|(k, _, _)| k == kind)
+            .map(|&(_, at, size)| (at, size))
+            .unwrap_or_else(|| panic!("no {}", String::from_utf8_lossy(kind)))
+    };
+    let top = children(heif, 0, heif.len());
+    let (meta, meta_size) = find(&top, b"meta");
+    let in_meta = children(heif, meta + 12, meta + meta_size);
+    let primary = be16(heif, find(&in_meta, b"pitm").0 + 12);
+    let (iprp, iprp_size) = find(&in_meta, b"iprp");
+    let in_iprp = children(heif, iprp + 8, iprp + iprp_size);
+    let (ipco, ipco_size) = find(&in_iprp, b"ipco");
+    let (ipma, _) = find(&in_iprp, b"ipma");
+    let (iloc, _) = find(&in_meta, b"iloc");
+    assert!(
+        iloc < ipco,
+        "iloc before iprp, so the insertions leave it in place"
+    );
+    let index = children(heif, ipco + 8, ipco + ipco_size).len() + 1;
+    assert!(
+        ipma > ipco && heif[ipma + 11] & 1 == 0 && heif[ipma + 8] == 0,
+        "ipma v0, 8-bit"
+    );
+    assert!(index < 0x80, "{index} properties");
+    // The primary's ipma entry: after the entry count, (item 16 bits, count, indices) each.
+    let mut entry = ipma + 16;
+    while be16(heif, entry) != primary {
+        entry += 3 + usize::from(heif[entry + 2]);
+    }
+    let irot = [0, 0, 0, 9, b'i', b'r', b'o', b't', turns & 3];
+    let added = irot.len() + 1;
+    let mut out = heif.to_vec();
+    // From the end backwards, so the earlier positions hold.
+    out.insert(entry + 3 + usize::from(heif[entry + 2]), 0x80 | index as u8);
+    out[entry + 2] += 1;
+    out.splice(ipco + ipco_size..ipco + ipco_size, irot);
+    let grow = |out: &mut Vec<u8>, at: usize, by: usize| {
+        let size = be32(out, at) + by as u32;
+        out[at..at + 4].copy_from_slice(&size.to_be_bytes());
+    };
+    grow(&mut out, ipma + irot.len(), 1);
+    grow(&mut out, ipco, irot.len());
+    grow(&mut out, iprp, added);
+    grow(&mut out, meta, added);
+    // iloc (before iprp, so unmoved): version 0 or 1, every offset past meta moved.
+    let version = out[iloc + 8];
+    assert!(version < 2, "iloc v{version}");
+    let (offset_size, length_size) = (
+        usize::from(out[iloc + 12] >> 4),
+        usize::from(out[iloc + 12] & 15),
+    );
+    let (base_size, index_size) = (
+        usize::from(out[iloc + 13] >> 4),
+        usize::from(out[iloc + 13] & 15),
+    );
+    let index_size = if version == 1 { index_size } else { 0 };
+    let count = be16(&out, iloc + 14);
+    let mut at = iloc + 16;
+    let shift = |out: &mut Vec<u8>, at: usize, size: usize| {
+        if size == 0 {
+            return;
+        }
+        let value = out[at..at + size]
+            .iter()
+            .fold(0u64, |v, &b| v << 8 | u64::from(b));
+        if value > 0 {
+            let moved = (value + added as u64).to_be_bytes();
+            out[at..at + size].copy_from_slice(&moved[8 - size..]);
+        }
+    };
+    for _ in 0..count {
+        at += 2;
+        let method = if version == 1 { be16(&out, at) & 15 } else { 0 };
+        at += if version == 1 { 2 } else { 0 } + 2;
+        let base_at = at;
+        at += base_size;
+        let extents = be16(&out, at);
+        at += 2;
+        let base = out[base_at..base_at + base_size].iter().any(|&b| b != 0);
+        if method == 0 && base {
+            shift(&mut out, base_at, base_size);
+        }
+        for _ in 0..extents {
+            at += index_size;
+            if method == 0 && !base {
+                shift(&mut out, at, offset_size);
+            }
+            at += offset_size + length_size;
+        }
+    }
+    out
 }
 
 /// A `width` x `height` picture as YCbCr (BT.601, full range) subsampled `h` x `v` (chroma
