@@ -790,11 +790,9 @@ fn overlay(
     let mut r = Reader::new(&body, (0, body.len()), format);
     r.u8()?;
     let size = if r.u8()? & 1 == 1 { 4 } else { 2 };
-    let rgba = [r.u16()?, r.u16()?, r.u16()?, r.u16()?].map(|v| (u32::from(v) + 128) / 257);
-    let fill = luma::over_white(
-        ((rgba[0] * 19_595 + rgba[1] * 38_470 + rgba[2] * 7_471 + 32_768) >> 16) as u8,
-        rgba[3] as u8,
-    );
+    let [red, green, blue, alpha] =
+        [r.u16()?, r.u16()?, r.u16()?, r.u16()?].map(|v| ((u32::from(v) + 128) / 257) as u8);
+    let fill = luma::over_white(luma::luma(red, green, blue), alpha);
     let (width, height) = (r.uint(size)? as u32, r.uint(size)? as u32);
     limits.check_dimensions(width, height)?;
     let signed = |v: u64| {
