@@ -67,23 +67,29 @@ unsafe extern "C" fn get_buffer(
         (layout.c_bytes, layout.c_stride, depths.1),
         (layout.c_bytes, layout.c_stride, depths.1),
     ];
+    // Every plane allocated before any is handed over: libde265 releases an image through
+    // `release_buffer` whenever its first plane is set, even after this callback failed.
     let mut given = [std::ptr::null_mut(); 3];
-    for (c, &(bytes, stride, depth)) in planes.iter().enumerate() {
+    for (c, &(bytes, _, _)) in planes.iter().enumerate() {
         if bytes == 0 {
             continue;
         }
-        let plane = codec_heap::allocate_sized(bytes, layout.align);
-        if plane.is_null() {
+        given[c] = codec_heap::allocate_sized(bytes, layout.align);
+        if given[c].is_null() {
             for &p in &given {
-                // SAFETY: each was allocated just above and not yet handed over.
+                // SAFETY: each was allocated just above and not handed over.
                 unsafe { codec_heap::release_sized(p, layout.align) };
             }
             return 0;
         }
-        given[c] = plane;
+    }
+    for (c, (&plane, &(_, stride, depth))) in given.iter().zip(&planes).enumerate() {
+        if plane.is_null() {
+            continue;
+        }
         let samples = if depth > 8 { stride / 2 } else { stride };
-        // SAFETY: a plane of `bytes` for the image libde265 is allocating; the pointer is also
-        // the plane's user data, which `release_buffer` frees.
+        // SAFETY: a plane of its `bytes` for the image libde265 is allocating; the pointer is
+        // also the plane's user data, which `release_buffer` frees.
         unsafe {
             de265::de265_set_image_plane(
                 image,
