@@ -1137,19 +1137,11 @@ impl HeifHeader {
     fn plane(&self, data: &[u8], image: &Image, cancel: &Cancel) -> Result<Vec<u8>> {
         let format = self.codec.format();
         let (width, height) = (image.width as usize, image.height as usize);
-        if let Kind::Overlay { fill, layers } = &image.kind {
-            let mut canvas = vec![*fill; width * height];
-            for layer in layers {
-                let luma = self.plane(data, &layer.image, cancel)?;
-                let alpha = match &layer.alpha {
-                    Some(a) => Some(self.plane(data, &strip_matrix(a), cancel)?),
-                    None => None,
-                };
-                draw(&mut canvas, width, height, layer, &luma, alpha.as_deref());
-            }
-            return Ok(canvas);
-        }
-        let mut out = vec![0u8; width * height];
+        let background = match &image.kind {
+            Kind::Overlay { fill, .. } => *fill,
+            _ => 0,
+        };
+        let mut out = vec![background; width * height];
         let mut one = |coded: &Coded, x0: usize, y0: usize| -> Result<()> {
             decode_coded(self.codec, data, coded, &mut |picture| {
                 let signal = coded.signal.or(picture.signal).unwrap_or(Signal {
@@ -1181,7 +1173,16 @@ impl HeifHeader {
                     }
                 }
             }
-            Kind::Overlay { .. } => unreachable!("overlays are drawn above"),
+            Kind::Overlay { layers, .. } => {
+                for layer in layers {
+                    let luma = self.plane(data, &layer.image, cancel)?;
+                    let alpha = match &layer.alpha {
+                        Some(a) => Some(self.plane(data, &strip_matrix(a), cancel)?),
+                        None => None,
+                    };
+                    draw(&mut out, width, height, layer, &luma, alpha.as_deref());
+                }
+            }
         }
         Ok(out)
     }
