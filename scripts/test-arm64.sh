@@ -89,6 +89,7 @@ step=$SECONDS
 # --quick builds the aarch64 CLI without the `send` feature (gRPC, tokio and the runtime crate):
 # `convert` alone, the engine and the same conversion code, at a fraction of the cold build.
 if $quick; then
+    # shellcheck disable=SC2054 # `avif,heic` is one argument: cargo's feature list
     profile=() profile_dir=debug arm_features=(--no-default-features --features avif,heic)
 else
     profile=(--release) profile_dir=release arm_features=()

@@ -31,12 +31,10 @@ command -v stunnel >/dev/null || need_apt+=(stunnel4)
 # tools and ImageMagick 6 (Debian's binary name: `convert` may be another program).
 command -v tiffcp >/dev/null && command -v tiffmedian >/dev/null || need_apt+=(libtiff-tools)
 command -v convert-im6.q16 >/dev/null || need_apt+=(imagemagick)
-# AVIF: the libdav1d-sys crate builds its vendored dav1d with meson, ninja and nasm.
-command -v meson >/dev/null || need_apt+=(meson)
-command -v ninja >/dev/null || need_apt+=(ninja-build)
-command -v nasm >/dev/null || need_apt+=(nasm)
-# HEIC: the libde265-sys2 crate builds its embedded libde265 with cmake.
-command -v cmake >/dev/null || need_apt+=(cmake)
+# AVIF and HEIC: the tools that build dav1d and libde265 from the crates' vendored sources.
+# shellcheck source=scripts/build-deps.sh
+source scripts/build-deps.sh
+while read -r package; do need_apt+=("$package"); done < <(codec_build_packages)
 # The formats test makes the AVIF and HEIC cases the corpus lacks (12-bit, 4:2:2, mirrored).
 command -v avifenc >/dev/null || need_apt+=(libavif-bin)
 command -v heif-enc >/dev/null || need_apt+=(libheif-examples)
@@ -128,7 +126,8 @@ cargo fmt --all --check
 # warnings` checks), instead of in a check-mode build of every dependency of its own, which was a
 # third of a cold run. Exported, so test-arm64.sh's x86_64 `cloudimg` reuses these builds; its
 # aarch64 cargo and the fuzz workspace's check run without it.
-export RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
+RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
+export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 say "build and lint (clippy, -D warnings)"
 cargo test --workspace --all-targets --no-run --quiet
