@@ -592,7 +592,7 @@ const PREFETCH_AHEAD: usize = 4;
 /// visits every block of a plane far larger than the cache, each for a few nanoseconds, and the
 /// first touch of a block (its nonzero mask) stalled the decoding of the symbols waiting on it.
 #[inline(always)]
-fn prefetch(blocks: &[Block], at: usize) {
+pub(crate) fn prefetch(blocks: &[Block], at: usize) {
     #[cfg(target_arch = "x86_64")]
     if let Some(block) = blocks.get(at) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(target_arch = "x86_64")]
 use super::decoder::has_bmi2;
-use super::decoder::{Block, LumaSink};
+use super::decoder::{Block, LumaSink, prefetch};
 use super::encoder::{GrayJpegWriter, Requantizer, output_table};
 use super::fdct::{Quantizer, fdct_block};
 use super::idct::idct_block;
@@ -27,6 +27,10 @@ pub(crate) struct Encoded {
     /// The orientation the output carries.
     pub orientation: Orientation,
 }
+
+/// How many output columns ahead of the one being gathered the source blocks are asked for: a
+/// turned output's column is a run of one source row, far from the last.
+const GATHER_AHEAD: usize = 2;
 
 /// Writes the luma blocks to the output, requantized inside the encoding loop: as they arrive,
 /// or, when the image must be turned upright, once all have arrived (the output's block order
@@ -88,22 +92,29 @@ impl Transcoder {
                 let start = Instant::now();
                 let blocks_h = self.plane.len() / self.blocks_w.max(1);
                 let (out_w, out_h) = upright.output_size(self.blocks_w, blocks_h);
-                // Output rows are turned a band at a time, then encoded as an upright image's
-                // rows are (the BMI2 encoder where the CPU has it). A band, not a row: turned a
-                // quarter, an output row is a source column, and the band's rows read
-                // neighbouring blocks of each source row together instead of one block per
-                // cache line.
+                // Output rows are gathered a band at a time (the blocks' coefficients were
+                // turned as they arrived), then encoded as an upright image's rows are (the BMI2
+                // encoder where the CPU has it). A band, not a row: turned a quarter, an output
+                // row is a source column, and the band's rows read neighbouring blocks of each
+                // source row together instead of one block per cache line. Plain copies, so
+                // that the loads of many blocks are in flight at once.
                 const BAND: usize = 8;
                 let mut band = vec![Block::ZERO; BAND * out_w];
                 for y0 in (0..out_h).step_by(BAND) {
                     cancel.check()?;
                     let rows = BAND.min(out_h - y0);
+                    let source = |x, dy| {
+                        let (sx, sy) = upright.source_block(x, y0 + dy, self.blocks_w, blocks_h);
+                        sy * self.blocks_w + sx
+                    };
                     for x in 0..out_w {
+                        if x + GATHER_AHEAD < out_w {
+                            for dy in 0..rows {
+                                prefetch(&self.plane, source(x + GATHER_AHEAD, dy));
+                            }
+                        }
                         for dy in 0..rows {
-                            let (sx, sy) =
-                                upright.source_block(x, y0 + dy, self.blocks_w, blocks_h);
-                            band[dy * out_w + x] =
-                                upright.block(&self.plane[sy * self.blocks_w + sx]);
+                            band[dy * out_w + x] = self.plane[source(x, dy)];
                         }
                     }
                     for row in band.chunks_exact(out_w).take(rows) {
@@ -149,8 +160,11 @@ impl LumaSink for Transcoder {
     }
 
     fn row(&mut self, blocks: &[Block]) -> Result<()> {
-        if self.upright.is_some() {
-            self.plane.extend_from_slice(blocks);
+        if let Some(upright) = self.upright {
+            // Turned now, while the row is in the cache, rather than when the output gathers
+            // it from all over the plane (a block's loads then waited on memory one by one).
+            self.plane
+                .extend(blocks.iter().map(|block| upright.block(block)));
             self.blocks_w = blocks.len();
             return Ok(());
         }
