@@ -9,7 +9,10 @@
 //! (`blocks x 136` bytes: 25 MB for 12 megapixels).
 
 use super::bits::{BitReader, ScanData, skip_scan};
-use super::huffman::{DecodeTable, LOOKAHEAD, SKIP_BITS, SKIP_ENDED, extend};
+use super::huffman::{
+    DecodeTable, LOOKAHEAD, PAIR_ADVANCE_SHIFT, PAIR_BITS, PAIR_ENDED, PAIR_FIRST_SHIFT,
+    PAIR_SECOND_SHIFT, SKIP_BITS, SKIP_ENDED, extend,
+};
 use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
 use crate::error::{Error, Result};
@@ -774,16 +777,30 @@ fn decode_block_body(
     block.coef = [0; 64];
     let diff = dc_diff(reader, dc)?;
     block.coef[0] = add_dc(pred, diff)? as i16;
-    let fused = &*ac.fused;
+    let pairs = &*ac.pairs;
     let mut k = 1usize;
     'block: loop {
         reader.refill();
         for _ in 0..2 {
-            let entry = fused[(reader.peek() >> (64 - LOOKAHEAD)) as usize];
-            let (run, value) = if entry != 0 {
-                reader.consume(entry & 0xFF);
-                (((entry >> 8) & 15) as usize, (entry >> 16) as i16)
-            } else {
+            let entry = pairs[(reader.peek() >> (64 - PAIR_BITS)) as usize];
+            let first = k + ((entry >> PAIR_FIRST_SHIFT) & 63) as usize;
+            let second = k + ((entry >> PAIR_SECOND_SHIFT) & 63) as usize;
+            let advance = ((entry >> PAIR_ADVANCE_SHIFT) & 63) as usize;
+            let ended = entry & PAIR_ENDED != 0;
+            // An entry may read past the block's last coefficient into the next block's bits
+            // (a block that reaches position 63 has no end-of-block code): one symbol at a
+            // time there.
+            if entry != 0 && second <= 63 && !(ended && k + advance > 63) {
+                reader.consume((entry & 31) as u32);
+                block.coef[first] = (entry >> 32) as u16 as i16;
+                block.coef[second] = (entry >> 48) as u16 as i16;
+                k += advance;
+                if ended || k == 64 {
+                    break 'block;
+                }
+                continue;
+            }
+            let (run, value) = {
                 let (symbol, len) = ac.decode(reader.peek())?;
                 reader.consume(len);
                 let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));

@@ -9,6 +9,16 @@ use crate::error::Result;
 pub(crate) const LOOKAHEAD: u32 = 10;
 const SIZE: usize = 1 << LOOKAHEAD;
 
+/// Bits the pair table looks at: room for two short coefficients, or one and the block's end.
+pub(crate) const PAIR_BITS: u32 = 11;
+const PAIR_SIZE: usize = 1 << PAIR_BITS;
+/// A pair entry's fields: bits used, then where its coefficients go relative to the next
+/// position, how far the position advances, and whether the block ended.
+pub(crate) const PAIR_FIRST_SHIFT: u32 = 5;
+pub(crate) const PAIR_SECOND_SHIFT: u32 = 11;
+pub(crate) const PAIR_ADVANCE_SHIFT: u32 = 17;
+pub(crate) const PAIR_ENDED: u64 = 1 << 23;
+
 /// Bits the skipping table looks at: a chroma block's few small coefficients and its end often
 /// fit together, and 4,096 two-byte entries still sit in L1.
 pub(crate) const SKIP_BITS: u32 = 12;
@@ -23,6 +33,12 @@ pub(crate) struct DecodeTable {
     /// AC only, by the next LOOKAHEAD bits: a whole coefficient, when its code and magnitude bits
     /// both fit: `value << 16 | run << 8 | bits used`; 0 otherwise (EOB, ZRL, or too long).
     pub fused: Box<[u32; SIZE]>,
+    /// AC only, by the next PAIR_BITS bits: every whole symbol that fits, up to two
+    /// coefficients and an end of block, as `first value << 32 | second value << 48 | ended |
+    /// advance << 17 | second offset << 11 | first offset << 5 | bits used`; an entry with one
+    /// coefficient names it twice, one with none (an end of block alone) writes a zero where
+    /// the block is still zero. 0 when not even one symbol fits (or it is a run of 16 zeros).
+    pub pairs: Box<[u64; PAIR_SIZE]>,
     /// AC only, for skipping blocks whose values nobody needs, by the next SKIP_BITS bits:
     /// every whole symbol (code and magnitude) that fits, up to an end of block, as
     /// `bits used | positions advanced << 4 | ended << 11`; 0 when not even one fits.
@@ -52,6 +68,7 @@ impl DecodeTable {
             lookup: Box::new([0; SIZE]),
             fused: Box::new([0; SIZE]),
             skip: Box::new([0; SKIP_SIZE]),
+            pairs: Box::new([0; PAIR_SIZE]),
             max_code: [-1; 17],
             offset: [0; 17],
             symbols: [0; 256],
@@ -86,6 +103,7 @@ impl DecodeTable {
         }
         if is_ac {
             table.fill_skip();
+            table.fill_pairs();
         }
         Ok(table)
     }
@@ -119,6 +137,51 @@ impl DecodeTable {
                 self.skip[pattern] =
                     used as u16 | advanced << 4 | if ended { SKIP_ENDED } else { 0 };
             }
+        }
+    }
+
+    /// Fills `pairs` from `lookup`: for each pattern, up to two whole coefficients (code and
+    /// magnitude), then an end of block if one follows, while they fit.
+    fn fill_pairs(&mut self) {
+        for pattern in 0..PAIR_SIZE {
+            let bits = (pattern as u64) << (64 - PAIR_BITS);
+            // (offset from the next position, value) of each coefficient found.
+            let mut found = [(0u32, 0i32); 2];
+            let (mut count, mut used, mut advance, mut ended) = (0, 0u32, 0u32, false);
+            loop {
+                let entry = self.lookup[((bits << used) >> (64 - LOOKAHEAD)) as usize];
+                let (symbol, len) = (entry as u8, u32::from(entry >> 8));
+                let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+                if entry == 0 || used + len + size > PAIR_BITS || (run, size) == (15, 0) {
+                    break;
+                }
+                if size == 0 {
+                    used += len;
+                    ended = true;
+                    break;
+                }
+                if count == found.len() {
+                    break;
+                }
+                let magnitude = ((bits << (used + len)) >> (64 - size)) as u32;
+                used += len + size;
+                found[count] = (advance + run, extend(magnitude, size));
+                count += 1;
+                advance += run + 1;
+            }
+            if used == 0 {
+                continue;
+            }
+            // One coefficient is written twice; none (an end of block alone) writes a zero at
+            // the next position, which is still zero.
+            let second = if count == 2 { found[1] } else { found[0] };
+            self.pairs[pattern] = u64::from(used)
+                | u64::from(found[0].0) << PAIR_FIRST_SHIFT
+                | u64::from(second.0) << PAIR_SECOND_SHIFT
+                | u64::from(advance) << PAIR_ADVANCE_SHIFT
+                | if ended { PAIR_ENDED } else { 0 }
+                | u64::from(found[0].1 as i16 as u16) << 32
+                | u64::from(second.1 as i16 as u16) << 48;
         }
     }
 
@@ -226,6 +289,39 @@ mod tests {
             "one coefficient, then one after a zero"
         );
         assert_ne!(entry & SKIP_ENDED, 0);
+    }
+
+    /// A table index written as bits, spaces between symbols.
+    fn pattern(bits: &str) -> usize {
+        usize::from_str_radix(&bits.replace(' ', ""), 2).unwrap()
+    }
+
+    #[test]
+    fn pair_entries_hold_two_coefficients_and_the_end_of_block() {
+        let table = DecodeTable::new(&std_ac_luminance(), true).unwrap();
+        // 0x01 is "00": "001" is +1, "000" is -1; the end of block is "1010"; one filler bit.
+        let entry = table.pairs[pattern("001 000 1010 1")];
+        assert_eq!(entry & 31, 10, "bits used");
+        assert_eq!((entry >> PAIR_FIRST_SHIFT) & 63, 0);
+        assert_eq!((entry >> PAIR_SECOND_SHIFT) & 63, 1);
+        assert_eq!((entry >> PAIR_ADVANCE_SHIFT) & 63, 2);
+        assert_ne!(entry & PAIR_ENDED, 0);
+        assert_eq!(
+            ((entry >> 32) as u16 as i16, (entry >> 48) as u16 as i16),
+            (1, -1)
+        );
+        // 0x11 (one zero, then a coefficient) is "1100": "11001" is +1 at offset 1; then a
+        // code that does not fit: the coefficient alone, named twice.
+        let entry = table.pairs[pattern("11001 111111")];
+        assert_eq!(entry & 31, 5);
+        assert_eq!((entry >> PAIR_FIRST_SHIFT) & 63, 1);
+        assert_eq!((entry >> PAIR_SECOND_SHIFT) & 63, 1);
+        assert_eq!((entry >> PAIR_ADVANCE_SHIFT) & 63, 2);
+        assert_eq!(entry & PAIR_ENDED, 0);
+        assert_eq!(
+            ((entry >> 32) as u16 as i16, (entry >> 48) as u16 as i16),
+            (1, 1)
+        );
     }
 
     #[test]

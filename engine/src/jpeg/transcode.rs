@@ -385,3 +385,67 @@ pub(crate) fn encode_plane(
     }
     Ok(writer.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+    use crate::jpeg::{collect_luma, read_frame};
+    use proptest::prelude::*;
+
+    /// A block of sparse coefficients, as camera JPEGs hold them: a DC, then zero runs and small
+    /// values with now and then a large one (the tables' long codes), ending anywhere, often
+    /// on position 63 itself (no end-of-block code then).
+    fn block() -> impl Strategy<Value = [i16; 64]> {
+        (
+            -1000i16..=1000,
+            proptest::collection::vec(
+                (
+                    0usize..20,
+                    prop_oneof![4 => -3i16..=3, 1 => -1023i16..=1023],
+                ),
+                0..40,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(dc, steps, to_the_end)| {
+                let mut coef = [0i16; 64];
+                coef[0] = dc;
+                let mut k = 1;
+                for (run, value) in steps {
+                    k += run;
+                    if k > 63 {
+                        break;
+                    }
+                    coef[k] = value;
+                    k += 1;
+                }
+                if to_the_end {
+                    coef[63] = 1;
+                }
+                coef
+            })
+    }
+
+    proptest! {
+        /// The decoder's table steps (two coefficients and an end of block at once where they
+        /// fit) read back exactly what the encoder wrote, block after block.
+        #[test]
+        fn encoded_blocks_decode_to_themselves(blocks in proptest::collection::vec(block(), 1..24)) {
+            let width = 8 * blocks.len() as u32;
+            let mut writer = GrayJpegWriter::new(width, 8, &[1; 64], Orientation::NORMAL, 1 << 16)
+                .expect("writer");
+            for coef in &blocks {
+                let block = Block { coef: *coef, mask: u64::MAX };
+                writer.write_block(&block, u64::MAX, |_, v| u32::from(v)).expect("encodable");
+            }
+            let data = writer.finish();
+            let frame = read_frame(&data, &Limits::default()).expect("frame");
+            let decoded = collect_luma(&data, &frame).expect("decodes");
+            prop_assert_eq!(decoded.blocks.len(), blocks.len());
+            for (got, want) in decoded.blocks.iter().zip(&blocks) {
+                prop_assert_eq!(&got.coef, want);
+            }
+        }
+    }
+}
