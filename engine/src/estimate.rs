@@ -105,12 +105,12 @@ fn own_decoder(heap: &mut Heap, frame: &Frame, input: u64) -> u64 {
     bytes
 }
 
-/// The coefficient path: the output's buffer, the decoder, and the whole luma plane where the
-/// image is turned upright in the DCT domain.
+/// The coefficient path: the output's buffer, the decoder, and every luma block (at most all
+/// of it) where the image is turned upright in the DCT domain.
 fn coefficients(heap: &mut Heap, frame: &Frame, input: u64) {
     if jpeg::turns_upright(frame) {
         let blocks = jpeg::luma_blocks(frame.width, frame.height) as u64;
-        heap.alloc(blocks * BLOCK);
+        heap.alloc(blocks * jpeg::KEPT_BLOCK_BYTES as u64);
     }
     // The output's buffer doubles from half the input as the output needs: taken as large as
     // the input, and at least half a bit per pixel (a source compressed harder than the output

@@ -591,23 +591,23 @@ impl<'a> Decoder<'a> {
 /// How many blocks ahead of the one being decoded [`prefetch`] asks for.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Asks the CPU to bring `blocks[at]` (when it exists) into the cache. A progressive scan
+/// Asks the CPU to bring `items[at]` (when it exists) into the cache. A progressive scan
 /// visits every block of a plane far larger than the cache, each for a few nanoseconds, and the
 /// first touch of a block (its nonzero mask) stalled the decoding of the symbols waiting on it.
 #[inline(always)]
-pub(crate) fn prefetch(blocks: &[Block], at: usize) {
+pub(crate) fn prefetch<T>(items: &[T], at: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(block) = blocks.get(at) {
+    if let Some(item) = items.get(at) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let first = (block as *const Block).cast::<i8>();
-        // A block spans three cache lines at most: its first byte, 64 on, and its last byte.
-        for offset in [0, 64, size_of::<Block>() - 1] {
-            // SAFETY: a prefetch is a hint that never faults; the address is inside `block`.
+        let first = (item as *const T).cast::<i8>();
+        // Every cache line the item spans: one every 64 bytes, and its last byte's.
+        for offset in (0..size_of::<T>()).step_by(64).chain([size_of::<T>() - 1]) {
+            // SAFETY: a prefetch is a hint that never faults; the address is inside `item`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(offset)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (blocks, at);
+    let _ = (items, at);
 }
 
 /// An MCU's blocks in coding order, flat: which scan component, and for luma where the block

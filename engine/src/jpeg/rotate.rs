@@ -2,7 +2,6 @@
 //! their coefficients, exactly as `jpegtran -rotate/-flip/-transpose` does, with no pixel ever
 //! decoded. Lossless where the blocks line up with the image's edges.
 
-use super::decoder::Block;
 use super::tables::{NATURAL, QuantTable};
 use crate::Orientation;
 
@@ -15,9 +14,9 @@ pub(crate) struct Upright {
     mirror_x: bool,
     /// Source rows are read bottom to top.
     mirror_y: bool,
-    /// Per output zigzag position: the source zigzag position it comes from.
-    from: [u8; 64],
-    /// Bit k set: output coefficient k is the negated source coefficient.
+    /// Per source zigzag position: the output zigzag position it goes to.
+    to: [u8; 64],
+    /// Bit j set: source coefficient j goes out negated.
     negate: u64,
 }
 
@@ -43,7 +42,7 @@ impl Upright {
         for (k, &natural) in NATURAL.iter().enumerate() {
             zigzag_of[usize::from(natural)] = k as u8;
         }
-        let mut from = [0u8; 64];
+        let mut to = [0u8; 64];
         let mut negate = 0u64;
         for (k, &natural) in NATURAL.iter().enumerate() {
             // (u, v): vertical and horizontal frequency of the output coefficient.
@@ -61,14 +60,15 @@ impl Upright {
                     (mirror_x && v % 2 == 1) ^ (mirror_y && u % 2 == 1),
                 )
             };
-            from[k] = zigzag_of[source];
-            negate |= u64::from(odd) << k;
+            let j = zigzag_of[source];
+            to[usize::from(j)] = k as u8;
+            negate |= u64::from(odd) << j;
         }
         Some(Upright {
             transpose,
             mirror_x,
             mirror_y,
-            from,
+            to,
             negate,
         })
     }
@@ -84,7 +84,16 @@ impl Upright {
 
     /// The source table as the output's coefficients see it.
     pub fn table(&self, source: &QuantTable) -> QuantTable {
-        std::array::from_fn(|k| source[usize::from(self.from[k])])
+        let mut out = [0; 64];
+        for (&k, &step) in self.to.iter().zip(source) {
+            out[usize::from(k)] = step;
+        }
+        out
+    }
+
+    /// The output table as the source's coefficients see it (the inverse of [`Self::table`]).
+    pub fn source_table(&self, output: &QuantTable) -> QuantTable {
+        std::array::from_fn(|j| output[usize::from(self.to[j])])
     }
 
     /// The source block (column, row) that lands at output block (x, y) of a source grid of
@@ -102,21 +111,34 @@ impl Upright {
         (sx, sy)
     }
 
-    /// The block's coefficients as they sit in the upright output.
-    pub fn block(&self, source: &Block) -> Block {
-        let mut out = Block::ZERO;
-        for (k, c) in out.coef.iter_mut().enumerate() {
-            let v = source.coef[usize::from(self.from[k])];
-            *c = if self.negate >> k & 1 == 1 { -v } else { v };
-        }
-        out
+    /// Where source coefficient `j` of value `value` sits in the upright output: its zigzag
+    /// position and value there.
+    #[inline(always)]
+    pub fn place(&self, j: usize, value: i16) -> (usize, i16) {
+        let value = if self.negate >> j & 1 == 1 {
+            -value
+        } else {
+            value
+        };
+        (usize::from(self.to[j]), value)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jpeg::decoder::Block;
     use crate::jpeg::idct::idct_block;
+
+    /// The block's coefficients as they sit in the upright output.
+    fn turned(upright: &Upright, source: &Block) -> Block {
+        let mut out = Block::ZERO;
+        for (j, &value) in source.coef.iter().enumerate() {
+            let (k, value) = upright.place(j, value);
+            out.coef[k] = value;
+        }
+        out
+    }
 
     /// A block whose every coefficient differs, with its pixels.
     fn sample() -> (Block, Vec<u8>) {
@@ -137,7 +159,7 @@ mod tests {
         for value in 2..=8u8 {
             let orientation = Orientation::new(value);
             let upright = Upright::new(orientation, 8, 8).expect("aligned");
-            let mut moved = upright.block(&block);
+            let mut moved = turned(&upright, &block);
             moved.mask = u64::MAX;
             let mut got = vec![0u8; 64];
             idct_block(&moved, &[4; 64], &mut got, 8);

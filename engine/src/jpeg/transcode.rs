@@ -44,8 +44,8 @@ pub(crate) struct Transcoder {
     quality: Option<u8>,
     capacity: usize,
     output: Option<(GrayJpegWriter, Requantizer)>,
-    /// While turning upright: the source's blocks, row after row.
-    plane: Vec<Block>,
+    /// While turning upright: the source's blocks, row after row, as much as survives.
+    kept: Kept,
     blocks_w: usize,
     /// Time spent requantizing and entropy-encoding (the rest of a transcode is decoding).
     pub encode_time: Duration,
@@ -60,12 +60,6 @@ impl Transcoder {
         capacity: usize,
     ) -> Self {
         let upright = Upright::new(orientation, width, height);
-        // Turning upright keeps every block: one allocation of the known size, not a doubling
-        // vector (up to twice that), so that `estimate` can count it.
-        let plane = match upright {
-            Some(_) => Vec::with_capacity(luma_blocks(width, height)),
-            None => Vec::new(),
-        };
         Transcoder {
             width,
             height,
@@ -74,7 +68,7 @@ impl Transcoder {
             quality,
             capacity,
             output: None,
-            plane,
+            kept: Kept::default(),
             blocks_w: 0,
             encode_time: Duration::ZERO,
         }
@@ -90,14 +84,13 @@ impl Transcoder {
             None => (self.width, self.height, self.orientation),
             Some(upright) => {
                 let start = Instant::now();
-                let blocks_h = self.plane.len() / self.blocks_w.max(1);
+                let blocks_h = self.kept.blocks.len() / self.blocks_w.max(1);
                 let (out_w, out_h) = upright.output_size(self.blocks_w, blocks_h);
-                // Output rows are gathered a band at a time (the blocks' coefficients were
-                // turned as they arrived), then encoded as an upright image's rows are (the BMI2
+                // Output rows are gathered a band at a time, each block's coefficients turned
+                // as it is unpacked, then encoded as an upright image's rows are (the BMI2
                 // encoder where the CPU has it). A band, not a row: turned a quarter, an output
                 // row is a source column, and the band's rows read neighbouring blocks of each
-                // source row together instead of one block per cache line. Plain copies, so
-                // that the loads of many blocks are in flight at once.
+                // source row together instead of one block per cache line.
                 const BAND: usize = 8;
                 let mut band = vec![Block::ZERO; BAND * out_w];
                 for y0 in (0..out_h).step_by(BAND) {
@@ -110,11 +103,12 @@ impl Transcoder {
                     for x in 0..out_w {
                         if x + GATHER_AHEAD < out_w {
                             for dy in 0..rows {
-                                prefetch(&self.plane, source(x + GATHER_AHEAD, dy));
+                                prefetch(&self.kept.blocks, source(x + GATHER_AHEAD, dy));
                             }
                         }
                         for dy in 0..rows {
-                            band[dy * out_w + x] = self.plane[source(x, dy)];
+                            let out = &mut band[dy * out_w + x];
+                            self.kept.unpack(source(x, dy), &upright, out);
                         }
                     }
                     for row in band.chunks_exact(out_w).take(rows) {
@@ -150,21 +144,20 @@ impl LumaSink for Transcoder {
         };
         let writer = GrayJpegWriter::new(width, height, &table, orientation, self.capacity)?;
         self.output = Some((writer, Requantizer::new(&source, &table)));
-        if self.upright.is_some() {
-            // The whole plane is kept: sized once, as the estimate counts it, rather than grown
-            // by doubling (a copy of what it holds at every step).
-            self.plane
-                .reserve_exact(luma_blocks(self.width, self.height));
+        if let Some(upright) = self.upright {
+            // Blocks are kept as they came, with what survives judged against the output's
+            // steps for the positions their coefficients will take.
+            let survival = Requantizer::new(quant, &upright.source_table(&table));
+            self.kept = Kept::with_room_for(luma_blocks(self.width, self.height), survival);
         }
         Ok(())
     }
 
     fn row(&mut self, blocks: &[Block]) -> Result<()> {
-        if let Some(upright) = self.upright {
-            // Turned now, while the row is in the cache, rather than when the output gathers
-            // it from all over the plane (a block's loads then waited on memory one by one).
-            self.plane
-                .extend(blocks.iter().map(|block| upright.block(block)));
+        if self.upright.is_some() {
+            for block in blocks {
+                self.kept.push(block);
+            }
             self.blocks_w = blocks.len();
             return Ok(());
         }
@@ -175,6 +168,60 @@ impl LumaSink for Transcoder {
         Ok(())
     }
 }
+
+/// The blocks of an image being turned upright, kept until the last has arrived: of each, only
+/// what survives requantization, in the source's order. Most of a block vanishes at the
+/// output's steps, and writing whole blocks to fresh memory and reading them back had cost more
+/// than decoding them; the few survivors are turned as they are unpacked.
+#[derive(Default)]
+struct Kept {
+    /// Per block, in arrival order: which coefficients survive, and where in `values` they
+    /// start.
+    blocks: Vec<(u64, usize)>,
+    /// The surviving coefficients, block after block, in the source's zigzag order.
+    values: Vec<i16>,
+    /// Judges survival in the source's order (see [`Upright::source_table`]).
+    survival: Option<Requantizer>,
+}
+
+impl Kept {
+    /// Room for `blocks` blocks of which every coefficient survives, allocated once as the
+    /// estimate counts it ([`KEPT_BLOCK_BYTES`] each); memory no block reaches is never touched.
+    fn with_room_for(blocks: usize, survival: Requantizer) -> Kept {
+        Kept {
+            blocks: Vec::with_capacity(blocks),
+            values: Vec::with_capacity(blocks * 64),
+            survival: Some(survival),
+        }
+    }
+
+    fn push(&mut self, block: &Block) {
+        let survival = self.survival.as_ref().expect("kept with room");
+        let mut mask = survival.surviving(&block.coef);
+        self.blocks.push((mask, self.values.len()));
+        while mask != 0 {
+            self.values.push(block.coef[mask.trailing_zeros() as usize]);
+            mask &= mask - 1;
+        }
+    }
+
+    /// Block `index`, turned upright, into `out`.
+    fn unpack(&self, index: usize, upright: &Upright, out: &mut Block) {
+        let (mut mask, at) = self.blocks[index];
+        out.coef = [0; 64];
+        for &value in &self.values[at..] {
+            if mask == 0 {
+                break;
+            }
+            let (k, value) = upright.place(mask.trailing_zeros() as usize, value);
+            out.coef[k] = value;
+            mask &= mask - 1;
+        }
+    }
+}
+
+/// The most a kept block takes: its mask and offset, and all 64 coefficients.
+pub(crate) const KEPT_BLOCK_BYTES: usize = size_of::<(u64, usize)>() + 64 * size_of::<i16>();
 
 /// Requantizes and entropy-encodes a row of blocks: the BMI2 encoder where the CPU has it.
 fn encode_row(
@@ -428,6 +475,39 @@ mod tests {
     }
 
     proptest! {
+        /// A kept block comes back as the turned block's survivors: survival judged in the
+        /// source's order is survival in the output's, whatever the orientation and the blocks
+        /// kept before it.
+        #[test]
+        fn kept_blocks_unpack_to_the_turned_blocks_survivors(
+            blocks in proptest::collection::vec(block(), 1..8),
+            orientation in 2u8..=8,
+        ) {
+            let upright = Upright::new(Orientation::new(orientation), 8, 8).expect("aligned");
+            let source_steps = luminance_table(90);
+            let turned_steps = upright.table(&source_steps);
+            let output = output_table(Some(50), &turned_steps);
+            let survival = Requantizer::new(&source_steps, &upright.source_table(&output));
+            let mut kept = Kept::with_room_for(blocks.len(), survival);
+            for coef in &blocks {
+                kept.push(&Block { coef: *coef, mask: u64::MAX });
+            }
+            let requantizer = Requantizer::new(&turned_steps, &output);
+            for (i, coef) in blocks.iter().enumerate() {
+                let mut turned = [0i16; 64];
+                for (j, &value) in coef.iter().enumerate() {
+                    let (k, value) = upright.place(j, value);
+                    turned[k] = value;
+                }
+                let surviving = requantizer.surviving(&turned);
+                let want: [i16; 64] =
+                    std::array::from_fn(|k| if surviving >> k & 1 == 1 { turned[k] } else { 0 });
+                let mut unpacked = Block { coef: [7; 64], mask: 0 };
+                kept.unpack(i, &upright, &mut unpacked);
+                prop_assert_eq!(unpacked.coef, want, "block {}", i);
+            }
+        }
+
         /// The decoder's table steps (two coefficients and an end of block at once where they
         /// fit) read back exactly what the encoder wrote, block after block.
         #[test]
