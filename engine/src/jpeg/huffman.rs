@@ -296,32 +296,31 @@ mod tests {
         usize::from_str_radix(&bits.replace(' ', ""), 2).unwrap()
     }
 
+    /// A pair entry's fields: bits used, first and second offset, advance, ended, values.
+    fn fields(entry: u64) -> (u64, u64, u64, u64, bool, (i16, i16)) {
+        (
+            entry & 31,
+            (entry >> PAIR_FIRST_SHIFT) & 63,
+            (entry >> PAIR_SECOND_SHIFT) & 63,
+            (entry >> PAIR_ADVANCE_SHIFT) & 63,
+            entry & PAIR_ENDED != 0,
+            ((entry >> 32) as u16 as i16, (entry >> 48) as u16 as i16),
+        )
+    }
+
     #[test]
     fn pair_entries_hold_two_coefficients_and_the_end_of_block() {
         let table = DecodeTable::new(&std_ac_luminance(), true).unwrap();
         // 0x01 is "00": "001" is +1, "000" is -1; the end of block is "1010"; one filler bit.
         let entry = table.pairs[pattern("001 000 1010 1")];
-        assert_eq!(entry & 31, 10, "bits used");
-        assert_eq!((entry >> PAIR_FIRST_SHIFT) & 63, 0);
-        assert_eq!((entry >> PAIR_SECOND_SHIFT) & 63, 1);
-        assert_eq!((entry >> PAIR_ADVANCE_SHIFT) & 63, 2);
-        assert_ne!(entry & PAIR_ENDED, 0);
-        assert_eq!(
-            ((entry >> 32) as u16 as i16, (entry >> 48) as u16 as i16),
-            (1, -1)
-        );
+        assert_eq!(fields(entry), (10, 0, 1, 2, true, (1, -1)));
         // 0x11 (one zero, then a coefficient) is "1100": "11001" is +1 at offset 1; then a
         // code that does not fit: the coefficient alone, named twice.
         let entry = table.pairs[pattern("11001 111111")];
-        assert_eq!(entry & 31, 5);
-        assert_eq!((entry >> PAIR_FIRST_SHIFT) & 63, 1);
-        assert_eq!((entry >> PAIR_SECOND_SHIFT) & 63, 1);
-        assert_eq!((entry >> PAIR_ADVANCE_SHIFT) & 63, 2);
-        assert_eq!(entry & PAIR_ENDED, 0);
-        assert_eq!(
-            ((entry >> 32) as u16 as i16, (entry >> 48) as u16 as i16),
-            (1, 1)
-        );
+        assert_eq!(fields(entry), (5, 1, 1, 2, false, (1, 1)));
+        // The end of block alone: nothing written but a zero where the block is still zero.
+        let entry = table.pairs[pattern("1010 1111111")];
+        assert_eq!(fields(entry), (4, 0, 0, 0, true, (0, 0)));
     }
 
     #[test]
