@@ -11,7 +11,7 @@
 use super::bits::{BitReader, ScanData, skip_scan};
 use super::huffman::{
     DecodeTable, LOOKAHEAD, PAIR_ADVANCE_SHIFT, PAIR_BITS, PAIR_ENDED, PAIR_FIRST_SHIFT,
-    PAIR_SECOND_SHIFT, SKIP_BITS, SKIP_ENDED, extend,
+    PAIR_SECOND_SHIFT, SKIP_BITS, SKIP_ENDED, TableUse, extend,
 };
 use super::markers::{self, Coding, Frame, Segments, invalid};
 use super::tables::{self, QuantTable};
@@ -136,7 +136,7 @@ impl<'a> Decoder<'a> {
                 markers::DQT => tables::parse_dqt(segments.payload()?, &mut self.quant)?,
                 markers::DHT => {
                     for (slot, spec) in tables::parse_dht(segments.payload()?)? {
-                        let table = DecodeTable::new(&spec, slot.class == 1)?;
+                        let table = DecodeTable::new(&spec, self.table_use(slot.class == 1))?;
                         let tables = if slot.class == 0 {
                             &mut self.dc
                         } else {
@@ -282,7 +282,16 @@ impl<'a> Decoder<'a> {
                 )));
             }
         };
-        DecodeTable::new(&spec, is_ac)
+        DecodeTable::new(&spec, self.table_use(is_ac))
+    }
+
+    /// What a DC or AC table of this frame decodes.
+    fn table_use(&self, is_ac: bool) -> TableUse {
+        match (is_ac, self.frame.coding) {
+            (false, _) => TableUse::Dc,
+            (true, Coding::Sequential) => TableUse::SequentialAc,
+            (true, Coding::Progressive) => TableUse::ProgressiveAc,
+        }
     }
 
     /// Decodes (or skips) one scan starting at `start`; returns the position of the marker after it.
@@ -591,9 +600,10 @@ impl<'a> Decoder<'a> {
 /// How many blocks ahead of the one being decoded [`prefetch`] asks for.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Asks the CPU to bring `items[at]` (when it exists) into the cache. A progressive scan
-/// visits every block of a plane far larger than the cache, each for a few nanoseconds, and the
-/// first touch of a block (its nonzero mask) stalled the decoding of the symbols waiting on it.
+/// Asks the CPU to bring `items[at]` (when it exists) into the cache, for loops that visit items
+/// of memory far larger than the cache, each for a few nanoseconds: a progressive scan's blocks
+/// (the first touch of a block's nonzero mask stalled the decoding of the symbols waiting on
+/// it), a turned image's kept blocks.
 #[inline(always)]
 pub(crate) fn prefetch<T>(items: &[T], at: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -714,8 +724,9 @@ fn add_dc(pred: &mut i32, diff: i32) -> Result<i32> {
 ///
 /// Both twins below are kept out of line so that the loop owns the registers: inlined into the MCU loop, the table
 /// pointer was reloaded from the stack for every coefficient. One branch-free refill serves two
-/// symbols, since a symbol takes at most 26 bits (16 of code, 10 of magnitude) and a refill
-/// leaves at least 56: a conditional refill per symbol mispredicted often enough to cost more.
+/// steps: a step of the pair table takes at most PAIR_BITS (11), a single symbol at most 26
+/// bits (16 of code, 10 of magnitude), and a refill leaves at least 56; a conditional refill per
+/// step mispredicted often enough to cost more.
 #[inline(always)]
 fn decode_block(
     bmi2: bool,
@@ -777,7 +788,7 @@ fn decode_block_body(
     block.coef = [0; 64];
     let diff = dc_diff(reader, dc)?;
     block.coef[0] = add_dc(pred, diff)? as i16;
-    let pairs = &*ac.pairs;
+    let pairs = &ac.steps().pairs;
     let mut k = 1usize;
     'block: loop {
         reader.refill();
@@ -800,27 +811,26 @@ fn decode_block_body(
                 }
                 continue;
             }
-            let (run, value) = {
-                let (symbol, len) = ac.decode(reader.peek())?;
-                reader.consume(len);
-                let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-                if size == 0 {
-                    if run != 15 {
-                        break 'block; // end of block
-                    }
-                    k += 16;
-                    if k >= 64 {
-                        break 'block;
-                    }
-                    continue;
+            // One symbol at a time: a long code, a run of 16 zeros, or the block's last step.
+            let (symbol, len) = ac.decode(reader.peek())?;
+            reader.consume(len);
+            let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+            if size == 0 {
+                if run != 15 {
+                    break 'block; // end of block
                 }
-                if size > 10 {
-                    return Err(invalid(format!(
-                        "an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG"
-                    )));
+                k += 16;
+                if k >= 64 {
+                    break 'block;
                 }
-                (run, extend(reader.take(size), size) as i16)
-            };
+                continue;
+            }
+            if size > 10 {
+                return Err(invalid(format!(
+                    "an AC coefficient of {size} bits, at most 10 exist in 8-bit JPEG"
+                )));
+            }
+            let value = extend(reader.take(size), size) as i16;
             k += run;
             if k > 63 {
                 return Err(coefficient_overflow());
@@ -884,7 +894,7 @@ fn skip_block_body(outer: &mut BitReader, dc: &DecodeTable, ac: &DecodeTable) ->
     let mut bits = *outer;
     let reader = &mut bits;
     dc_diff(reader, dc)?;
-    let skip = &*ac.skip;
+    let skip = &ac.steps().skip;
     let mut k = 1usize;
     loop {
         // A refill leaves 56 bits: room for a skip entry (12) and one symbol (26) after it.
@@ -969,11 +979,12 @@ fn ac_first(
         *eob_run -= 1;
         return Ok(());
     }
+    let fused_entries = table.fused();
     let mut k = scan.ss;
     while k <= scan.se {
         reader.ensure(32);
         let bits = reader.peek();
-        let fused = table.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+        let fused = fused_entries[(bits >> (64 - LOOKAHEAD)) as usize];
         let (run, value) = if fused != 0 {
             reader.consume(fused & 0xFF);
             (
@@ -1122,10 +1133,11 @@ fn ac_refine<const BMI2: bool>(
     // The band's positions not passed yet.
     let mut rest = band;
     if *eob_run == 0 {
+        let fused_entries = table.fused();
         while rest != 0 {
             reader.ensure(32);
             let bits = reader.peek();
-            let fused = table.fused[(bits >> (64 - LOOKAHEAD)) as usize];
+            let fused = fused_entries[(bits >> (64 - LOOKAHEAD)) as usize];
             let sign = (fused >> 16) as u16 as i16;
             let (run, value) = if fused != 0 && sign.unsigned_abs() == 1 {
                 reader.consume(fused & 0xFF);

@@ -26,28 +26,43 @@ const SKIP_SIZE: usize = 1 << SKIP_BITS;
 /// A skip entry's fields.
 pub(crate) const SKIP_ENDED: u16 = 1 << 11;
 
+/// What a table decodes, which decides the faster tables it gets beside its lookup.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum TableUse {
+    Dc,
+    /// AC coefficients of progressive scans: the fused table.
+    ProgressiveAc,
+    /// AC coefficients of sequential scans: the pair and skip tables.
+    SequentialAc,
+}
+
 /// A decoding table.
 pub(crate) struct DecodeTable {
     /// By the next LOOKAHEAD bits: `(code length << 8) | symbol`, or 0 when the code is longer.
     lookup: Box<[u16; SIZE]>,
-    /// AC only, by the next LOOKAHEAD bits: a whole coefficient, when its code and magnitude bits
-    /// both fit: `value << 16 | run << 8 | bits used`; 0 otherwise (EOB, ZRL, or too long).
-    pub fused: Box<[u32; SIZE]>,
-    /// AC only, by the next PAIR_BITS bits: every whole symbol that fits, up to two
-    /// coefficients and an end of block, as `first value << 32 | second value << 48 | ended |
-    /// advance << 17 | second offset << 11 | first offset << 5 | bits used`; an entry with one
-    /// coefficient names it twice, one with none (an end of block alone) writes a zero where
-    /// the block is still zero. 0 when not even one symbol fits (or it is a run of 16 zeros).
-    pub pairs: Box<[u64; PAIR_SIZE]>,
-    /// AC only, for skipping blocks whose values nobody needs, by the next SKIP_BITS bits:
-    /// every whole symbol (code and magnitude) that fits, up to an end of block, as
-    /// `bits used | positions advanced << 4 | ended << 11`; 0 when not even one fits.
-    pub skip: Box<[u16; SKIP_SIZE]>,
+    /// Progressive AC only (4 KiB; progressive files often define a table per scan).
+    fused: Option<Box<[u32; SIZE]>>,
+    /// Sequential AC only (24 KiB).
+    steps: Option<Box<SequentialSteps>>,
     /// The largest code of each length 0..=16 (-1 when none), for codes longer than LOOKAHEAD.
     max_code: [i32; 17],
     /// Added to a code of each length to index `symbols`.
     offset: [i32; 17],
     symbols: [u8; 256],
+}
+
+/// A sequential AC table's multi-symbol steps.
+pub(crate) struct SequentialSteps {
+    /// By the next PAIR_BITS bits: every whole symbol that fits, up to two coefficients and an
+    /// end of block, as `first value << 32 | second value << 48 | ended | advance << 17 |
+    /// second offset << 11 | first offset << 5 | bits used`; an entry with one coefficient names
+    /// it twice, one with none (an end of block alone) writes a zero where the block is still
+    /// zero. 0 when not even one symbol fits; a run of 16 zeros ends the entry before it.
+    pub pairs: [u64; PAIR_SIZE],
+    /// For skipping blocks whose values nobody needs, by the next SKIP_BITS bits: every whole
+    /// symbol (code and magnitude) that fits, up to an end of block, as `bits used | positions
+    /// advanced << 4 | ended << 11`; 0 when not even one fits.
+    pub skip: [u16; SKIP_SIZE],
 }
 
 /// `value` read as the `size`-bit magnitude of a JPEG coefficient (the EXTEND procedure, F.2.2.1).
@@ -62,13 +77,12 @@ pub(crate) fn extend(value: u32, size: u32) -> i32 {
 }
 
 impl DecodeTable {
-    pub fn new(spec: &HuffmanSpec, is_ac: bool) -> Result<DecodeTable> {
+    pub fn new(spec: &HuffmanSpec, table_use: TableUse) -> Result<DecodeTable> {
         let codes = spec.codes()?;
         let mut table = DecodeTable {
             lookup: Box::new([0; SIZE]),
-            fused: Box::new([0; SIZE]),
-            skip: Box::new([0; SKIP_SIZE]),
-            pairs: Box::new([0; PAIR_SIZE]),
+            fused: None,
+            steps: None,
             max_code: [-1; 17],
             offset: [0; 17],
             symbols: [0; 256],
@@ -91,26 +105,55 @@ impl DecodeTable {
             }
             let shift = LOOKAHEAD - len;
             let first = usize::from(code) << shift;
-            for peek in first..first + (1 << shift) {
-                table.lookup[peek] = ((len as u16) << 8) | u16::from(symbol);
-                let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
-                if is_ac && size > 0 && len + size <= LOOKAHEAD {
-                    let bits = (peek >> (LOOKAHEAD - len - size)) as u32 & ((1 << size) - 1);
-                    let value = extend(bits, size) as i16;
-                    table.fused[peek] = (u32::from(value as u16) << 16) | (run << 8) | (len + size);
-                }
-            }
+            table.lookup[first..first + (1 << shift)].fill(((len as u16) << 8) | u16::from(symbol));
         }
-        if is_ac {
-            table.fill_skip();
-            table.fill_pairs();
+        match table_use {
+            TableUse::Dc => {}
+            TableUse::ProgressiveAc => table.fused = Some(table.fused_entries()),
+            TableUse::SequentialAc => {
+                let mut steps = Box::new(SequentialSteps {
+                    pairs: [0; PAIR_SIZE],
+                    skip: [0; SKIP_SIZE],
+                });
+                table.fill_pairs(&mut steps.pairs);
+                table.fill_skip(&mut steps.skip);
+                table.steps = Some(steps);
+            }
         }
         Ok(table)
     }
 
+    /// The fused table (a progressive AC table's).
+    #[inline(always)]
+    pub fn fused(&self) -> &[u32; SIZE] {
+        self.fused.as_deref().expect("a progressive AC table")
+    }
+
+    /// The multi-symbol steps (a sequential AC table's).
+    #[inline(always)]
+    pub fn steps(&self) -> &SequentialSteps {
+        self.steps.as_deref().expect("a sequential AC table")
+    }
+
+    /// By the next LOOKAHEAD bits: a whole coefficient, when its code and magnitude bits both
+    /// fit: `value << 16 | run << 8 | bits used`; 0 otherwise (EOB, ZRL, or too long).
+    fn fused_entries(&self) -> Box<[u32; SIZE]> {
+        let mut fused = Box::new([0; SIZE]);
+        for (peek, (entry, &found)) in fused.iter_mut().zip(self.lookup.iter()).enumerate() {
+            let (symbol, len) = (found as u8, u32::from(found >> 8));
+            let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+            if found != 0 && size > 0 && len + size <= LOOKAHEAD {
+                let bits = (peek >> (LOOKAHEAD - len - size)) as u32 & ((1 << size) - 1);
+                let value = extend(bits, size) as i16;
+                *entry = (u32::from(value as u16) << 16) | (run << 8) | (len + size);
+            }
+        }
+        fused
+    }
+
     /// Fills `skip` from `lookup`: for each pattern, walks whole symbols while they fit.
-    fn fill_skip(&mut self) {
-        for pattern in 0..SKIP_SIZE {
+    fn fill_skip(&self, skip: &mut [u16; SKIP_SIZE]) {
+        for (pattern, slot) in skip.iter_mut().enumerate() {
             let bits = (pattern as u64) << (64 - SKIP_BITS);
             let (mut used, mut advanced, mut ended) = (0u32, 0u16, false);
             loop {
@@ -134,16 +177,15 @@ impl DecodeTable {
                 }
             }
             if used > 0 {
-                self.skip[pattern] =
-                    used as u16 | advanced << 4 | if ended { SKIP_ENDED } else { 0 };
+                *slot = used as u16 | advanced << 4 | if ended { SKIP_ENDED } else { 0 };
             }
         }
     }
 
     /// Fills `pairs` from `lookup`: for each pattern, up to two whole coefficients (code and
     /// magnitude), then an end of block if one follows, while they fit.
-    fn fill_pairs(&mut self) {
-        for pattern in 0..PAIR_SIZE {
+    fn fill_pairs(&self, pairs: &mut [u64; PAIR_SIZE]) {
+        for (pattern, slot) in pairs.iter_mut().enumerate() {
             let bits = (pattern as u64) << (64 - PAIR_BITS);
             // (offset from the next position, value) of each coefficient found.
             let mut found = [(0u32, 0i32); 2];
@@ -175,7 +217,7 @@ impl DecodeTable {
             // One coefficient is written twice; none (an end of block alone) writes a zero at
             // the next position, which is still zero.
             let second = if count == 2 { found[1] } else { found[0] };
-            self.pairs[pattern] = u64::from(used)
+            *slot = u64::from(used)
                 | u64::from(found[0].0) << PAIR_FIRST_SHIFT
                 | u64::from(second.0) << PAIR_SECOND_SHIFT
                 | u64::from(advance) << PAIR_ADVANCE_SHIFT
@@ -250,8 +292,11 @@ mod tests {
 
     #[test]
     fn every_code_decodes_to_its_symbol() {
-        for (spec, ac) in [(std_dc_luminance(), false), (std_ac_luminance(), true)] {
-            let decode = DecodeTable::new(&spec, ac).unwrap();
+        for (spec, table_use) in [
+            (std_dc_luminance(), TableUse::Dc),
+            (std_ac_luminance(), TableUse::SequentialAc),
+        ] {
+            let decode = DecodeTable::new(&spec, table_use).unwrap();
             let encode = EncodeTable::new(&spec).unwrap();
             for &symbol in &spec.symbols {
                 let (code, len) = encode.code(symbol);
@@ -269,7 +314,7 @@ mod tests {
     #[test]
     fn skip_entries_walk_whole_symbols_up_to_the_end_of_block() {
         let spec = std_ac_luminance();
-        let table = DecodeTable::new(&spec, true).unwrap();
+        let table = DecodeTable::new(&spec, TableUse::SequentialAc).unwrap();
         let encode = EncodeTable::new(&spec).unwrap();
         // Symbols 0x01 (+1: "00" then "1"), 0x11 (run 1, +1) and EOB, then filler ones.
         let mut bits = 0u64;
@@ -281,7 +326,7 @@ mod tests {
         }
         assert!(used <= SKIP_BITS);
         let pattern = ((bits << (SKIP_BITS - used)) | ((1 << (SKIP_BITS - used)) - 1)) as usize;
-        let entry = table.skip[pattern];
+        let entry = table.steps().skip[pattern];
         assert_eq!(u32::from(entry & 15), used);
         assert_eq!(
             (entry >> 4) & 0x7F,
@@ -310,31 +355,31 @@ mod tests {
 
     #[test]
     fn pair_entries_hold_two_coefficients_and_the_end_of_block() {
-        let table = DecodeTable::new(&std_ac_luminance(), true).unwrap();
+        let table = DecodeTable::new(&std_ac_luminance(), TableUse::SequentialAc).unwrap();
         // 0x01 is "00": "001" is +1, "000" is -1; the end of block is "1010"; one filler bit.
-        let entry = table.pairs[pattern("001 000 1010 1")];
+        let entry = table.steps().pairs[pattern("001 000 1010 1")];
         assert_eq!(fields(entry), (10, 0, 1, 2, true, (1, -1)));
         // 0x11 (one zero, then a coefficient) is "1100": "11001" is +1 at offset 1; then a
         // code that does not fit: the coefficient alone, named twice.
-        let entry = table.pairs[pattern("11001 111111")];
+        let entry = table.steps().pairs[pattern("11001 111111")];
         assert_eq!(fields(entry), (5, 1, 1, 2, false, (1, 1)));
         // The end of block alone: nothing written but a zero where the block is still zero.
-        let entry = table.pairs[pattern("1010 1111111")];
+        let entry = table.steps().pairs[pattern("1010 1111111")];
         assert_eq!(fields(entry), (4, 0, 0, 0, true, (0, 0)));
     }
 
     #[test]
     fn fused_entries_hold_the_whole_coefficient() {
         let spec = std_ac_luminance();
-        let decode = DecodeTable::new(&spec, true).unwrap();
+        let decode = DecodeTable::new(&spec, TableUse::ProgressiveAc).unwrap();
         let encode = EncodeTable::new(&spec).unwrap();
         // 0x01 (run 0, size 1) is "00": followed by bit 0 -> value -1, by 1 -> +1.
         let (code, len) = encode.code(0x01);
         assert_eq!((code, len), (0, 2));
-        let entry = decode.fused[0b001 << (LOOKAHEAD - 3)];
+        let entry = decode.fused()[0b001 << (LOOKAHEAD - 3)];
         assert_eq!((entry >> 16) as u16 as i16, 1);
         assert_eq!(entry & 0xFF, 3);
-        let entry = decode.fused[0];
+        let entry = decode.fused()[0];
         assert_eq!((entry >> 16) as u16 as i16, -1);
     }
 }

@@ -30,9 +30,7 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 pub(crate) use markers::read_frame;
-pub(crate) use transcode::{
-    Coefficients, KEPT_BLOCK_BYTES, encode_capacity, encode_plane, luma_blocks,
-};
+pub(crate) use transcode::{Coefficients, encode_capacity, encode_plane, turning_bytes};
 
 /// The bytes of one decoded luma block, as the decoder and the transcoder keep them.
 pub(crate) const BLOCK_BYTES: usize = size_of::<decoder::Block>();

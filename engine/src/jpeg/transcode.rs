@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::{Cancel, Orientation};
 
 /// The luma blocks of a `width` x `height` image whose luma is sampled at full resolution.
-pub(crate) fn luma_blocks(width: u32, height: u32) -> usize {
+fn luma_blocks(width: u32, height: u32) -> usize {
     (width as usize).div_ceil(8) * (height as usize).div_ceil(8)
 }
 
@@ -28,8 +28,13 @@ pub(crate) struct Encoded {
     pub orientation: Orientation,
 }
 
-/// How many output columns ahead of the one being gathered the source blocks are asked for: a
-/// turned output's column is a run of one source row, far from the last.
+/// Output rows turned and encoded at a time: turned a quarter, an output row is a source column,
+/// and a band's rows read neighbouring blocks of each source row together instead of one block
+/// per cache line.
+const TURN_BAND: usize = 8;
+
+/// How many output columns ahead of the one being gathered the kept blocks' entries (mask and
+/// offset) are asked for: a turned output's column is a run of one source row, far from the last.
 const GATHER_AHEAD: usize = 2;
 
 /// Writes the luma blocks to the output, requantized inside the encoding loop: as they arrive,
@@ -45,7 +50,7 @@ pub(crate) struct Transcoder {
     capacity: usize,
     output: Option<(GrayJpegWriter, Requantizer)>,
     /// While turning upright: the source's blocks, row after row, as much as survives.
-    kept: Kept,
+    kept: Option<Kept>,
     blocks_w: usize,
     /// Time spent requantizing and entropy-encoding (the rest of a transcode is decoding).
     pub encode_time: Duration,
@@ -68,7 +73,7 @@ impl Transcoder {
             quality,
             capacity,
             output: None,
-            kept: Kept::default(),
+            kept: None,
             blocks_w: 0,
             encode_time: Duration::ZERO,
         }
@@ -84,18 +89,16 @@ impl Transcoder {
             None => (self.width, self.height, self.orientation),
             Some(upright) => {
                 let start = Instant::now();
-                let blocks_h = self.kept.blocks.len() / self.blocks_w.max(1);
+                let kept = self.kept.as_ref().expect("begin keeps room when turning");
+                let blocks_h = kept.blocks.len() / self.blocks_w.max(1);
                 let (out_w, out_h) = upright.output_size(self.blocks_w, blocks_h);
                 // Output rows are gathered a band at a time, each block's coefficients turned
                 // as it is unpacked, then encoded as an upright image's rows are (the BMI2
-                // encoder where the CPU has it). A band, not a row: turned a quarter, an output
-                // row is a source column, and the band's rows read neighbouring blocks of each
-                // source row together instead of one block per cache line.
-                const BAND: usize = 8;
-                let mut band = vec![Block::ZERO; BAND * out_w];
-                for y0 in (0..out_h).step_by(BAND) {
+                // encoder where the CPU has it).
+                let mut band = vec![Block::ZERO; TURN_BAND * out_w];
+                for y0 in (0..out_h).step_by(TURN_BAND) {
                     cancel.check()?;
-                    let rows = BAND.min(out_h - y0);
+                    let rows = TURN_BAND.min(out_h - y0);
                     let source = |x, dy| {
                         let (sx, sy) = upright.source_block(x, y0 + dy, self.blocks_w, blocks_h);
                         sy * self.blocks_w + sx
@@ -103,12 +106,12 @@ impl Transcoder {
                     for x in 0..out_w {
                         if x + GATHER_AHEAD < out_w {
                             for dy in 0..rows {
-                                prefetch(&self.kept.blocks, source(x + GATHER_AHEAD, dy));
+                                prefetch(&kept.blocks, source(x + GATHER_AHEAD, dy));
                             }
                         }
                         for dy in 0..rows {
                             let out = &mut band[dy * out_w + x];
-                            self.kept.unpack(source(x, dy), &upright, out);
+                            kept.unpack(source(x, dy), &upright, out);
                         }
                     }
                     for row in band.chunks_exact(out_w).take(rows) {
@@ -148,15 +151,18 @@ impl LumaSink for Transcoder {
             // Blocks are kept as they came, with what survives judged against the output's
             // steps for the positions their coefficients will take.
             let survival = Requantizer::new(quant, &upright.source_table(&table));
-            self.kept = Kept::with_room_for(luma_blocks(self.width, self.height), survival);
+            self.kept = Some(Kept::with_room_for(
+                luma_blocks(self.width, self.height),
+                survival,
+            ));
         }
         Ok(())
     }
 
     fn row(&mut self, blocks: &[Block]) -> Result<()> {
-        if self.upright.is_some() {
+        if let Some(kept) = &mut self.kept {
             for block in blocks {
-                self.kept.push(block);
+                kept.push(block);
             }
             self.blocks_w = blocks.len();
             return Ok(());
@@ -173,7 +179,6 @@ impl LumaSink for Transcoder {
 /// what survives requantization, in the source's order. Most of a block vanishes at the
 /// output's steps, and writing whole blocks to fresh memory and reading them back had cost more
 /// than decoding them; the few survivors are turned as they are unpacked.
-#[derive(Default)]
 struct Kept {
     /// Per block, in arrival order: which coefficients survive, and where in `values` they
     /// start.
@@ -181,23 +186,22 @@ struct Kept {
     /// The surviving coefficients, block after block, in the source's zigzag order.
     values: Vec<i16>,
     /// Judges survival in the source's order (see [`Upright::source_table`]).
-    survival: Option<Requantizer>,
+    survival: Requantizer,
 }
 
 impl Kept {
     /// Room for `blocks` blocks of which every coefficient survives, allocated once as the
-    /// estimate counts it ([`KEPT_BLOCK_BYTES`] each); memory no block reaches is never touched.
+    /// estimate counts it ([`turning_bytes`]); memory no block reaches is never touched.
     fn with_room_for(blocks: usize, survival: Requantizer) -> Kept {
         Kept {
             blocks: Vec::with_capacity(blocks),
             values: Vec::with_capacity(blocks * 64),
-            survival: Some(survival),
+            survival,
         }
     }
 
     fn push(&mut self, block: &Block) {
-        let survival = self.survival.as_ref().expect("kept with room");
-        let mut mask = survival.surviving(&block.coef);
+        let mut mask = self.survival.surviving(&block.coef);
         self.blocks.push((mask, self.values.len()));
         while mask != 0 {
             self.values.push(block.coef[mask.trailing_zeros() as usize]);
@@ -220,8 +224,13 @@ impl Kept {
     }
 }
 
-/// The most a kept block takes: its mask and offset, and all 64 coefficients.
-pub(crate) const KEPT_BLOCK_BYTES: usize = size_of::<(u64, usize)>() + 64 * size_of::<i16>();
+/// The most that turning a `width` x `height` image upright holds: every block kept whole (its
+/// mask and offset, and all 64 coefficients), and a band of the output's blocks.
+pub(crate) fn turning_bytes(width: u32, height: u32) -> usize {
+    let kept = size_of::<(u64, usize)>() + 64 * size_of::<i16>();
+    let widest = (width.max(height) as usize).div_ceil(8);
+    luma_blocks(width, height) * kept + TURN_BAND * widest * size_of::<Block>()
+}
 
 /// Requantizes and entropy-encodes a row of blocks: the BMI2 encoder where the CPU has it.
 fn encode_row(
