@@ -490,24 +490,6 @@ fn generated_heifs_behave_as_pillow() {
 /// index to the primary's `ipma` entry, every enclosing size grown and every `iloc` file offset
 /// moved by the bytes added.
 fn with_irot(heif: &[u8], turns: u8) -> Vec<u8> {
-    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
-    let be16 = |b: &[u8], at: usize| u16::from_be_bytes(b[at..at + 2].try_into().unwrap());
-    // (kind, start, size) of the boxes from `at` to `end`.
-    let children = |b: &[u8], mut at: usize, end: usize| {
-        let mut out = Vec::new();
-        while at + 8 <= end {
-            let size = be32(b, at) as usize;
-            out.push((b[at + 4..at + 8].to_vec(), at, size));
-            at += size;
-        }
-        out
-    };
-    let find = |list: &[(Vec<u8>, usize, usize)], kind: &[u8]| {
-        list.iter()
-            .find(|(k, _, _)| k == kind)
-            .map(|&(_, at, size)| (at, size))
-            .unwrap_or_else(|| panic!("no {}", String::from_utf8_lossy(kind)))
-    };
     let top = children(heif, 0, heif.len());
     let (meta, meta_size) = find(&top, b"meta");
     let in_meta = children(heif, meta + 12, meta + meta_size);
@@ -594,6 +576,174 @@ fn with_irot(heif: &[u8], turns: u8) -> Vec<u8> {
         }
     }
     out
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes(b[at..at + 2].try_into().unwrap())
+}
+
+/// (kind, start, size) of the boxes from `at` to `end`.
+fn children(b: &[u8], mut at: usize, end: usize) -> Vec<(Vec<u8>, usize, usize)> {
+    let mut out = Vec::new();
+    while at + 8 <= end {
+        let size = be32(b, at) as usize;
+        out.push((b[at + 4..at + 8].to_vec(), at, size));
+        at += size;
+    }
+    out
+}
+
+/// (start, size) of the first box of `kind` in `list`.
+fn find(list: &[(Vec<u8>, usize, usize)], kind: &[u8]) -> (usize, usize) {
+    list.iter()
+        .find(|(k, _, _)| k == kind)
+        .map(|&(_, at, size)| (at, size))
+        .unwrap_or_else(|| panic!("no {}", String::from_utf8_lossy(kind)))
+}
+
+/// A heif-enc file's `meta` children.
+fn meta_children(heif: &[u8]) -> Vec<(Vec<u8>, usize, usize)> {
+    let (meta, meta_size) = find(&children(heif, 0, heif.len()), b"meta");
+    children(heif, meta + 12, meta + meta_size)
+}
+
+/// The parameter sets (VPS, SPS, PPS) in a one-image heif-enc file's `hvcC`.
+fn parameter_sets(heif: &[u8]) -> Vec<Vec<u8>> {
+    let in_meta = meta_children(heif);
+    let (iprp, iprp_size) = find(&in_meta, b"iprp");
+    let (ipco, ipco_size) = find(&children(heif, iprp + 8, iprp + iprp_size), b"ipco");
+    let (hvcc, _) = find(&children(heif, ipco + 8, ipco + ipco_size), b"hvcC");
+    // The configuration record's fixed 22 bytes, the array count, then each array: its NAL
+    // type, a count, and each unit's 16-bit length and bytes.
+    let mut at = hvcc + 8 + 22;
+    let arrays = heif[at];
+    at += 1;
+    let mut units = Vec::new();
+    for _ in 0..arrays {
+        let count = be16(heif, at + 1);
+        at += 3;
+        for _ in 0..count {
+            let len = usize::from(be16(heif, at));
+            units.push(heif[at + 2..at + 2 + len].to_vec());
+            at += 2 + len;
+        }
+    }
+    units
+}
+
+/// Where the primary item's one extent is in a heif-enc file (`iloc` version 0 or 1, 4-byte
+/// offsets, lengths and base offsets): the positions of its base offset (if the entry has one),
+/// offset and length fields, and the data's file offset and length.
+fn primary_extent(heif: &[u8]) -> (Option<usize>, usize, usize, usize, usize) {
+    let in_meta = meta_children(heif);
+    let primary = be16(heif, find(&in_meta, b"pitm").0 + 12);
+    let (iloc, _) = find(&in_meta, b"iloc");
+    let version = heif[iloc + 8];
+    let (offset_size, length_size) = (heif[iloc + 12] >> 4, heif[iloc + 12] & 15);
+    let base_size = usize::from(heif[iloc + 13] >> 4);
+    let index_size = if version == 1 {
+        usize::from(heif[iloc + 13] & 15)
+    } else {
+        0
+    };
+    assert!(
+        version < 2 && (offset_size, length_size) == (4, 4) && matches!(base_size, 0 | 4),
+        "iloc v{version}, field sizes {offset_size}, {length_size}, {base_size}"
+    );
+    let mut at = iloc + 16;
+    for _ in 0..be16(heif, iloc + 14) {
+        let item = be16(heif, at);
+        // The item's ID, its construction method (version 1) and data reference index.
+        let fields = if version == 1 { 6 } else { 4 };
+        at += fields;
+        let base_at = (base_size > 0).then_some(at);
+        let base = base_at.map_or(0, |b| be32(heif, b) as usize);
+        at += base_size;
+        let extents = usize::from(be16(heif, at));
+        at += 2;
+        if item == primary {
+            assert_eq!(extents, 1, "the primary item in one extent");
+            at += index_size;
+            let (offset, length) = (be32(heif, at) as usize, be32(heif, at + 4) as usize);
+            return (base_at, at, at + 4, base + offset, length);
+        }
+        at += (index_size + 8) * extents;
+    }
+    panic!("no iloc entry for item {primary}");
+}
+
+/// `heif` with its primary item's data moved to an `mdat` appended at the end, holding `data`.
+fn with_item_data(heif: &[u8], data: &[u8]) -> Vec<u8> {
+    let (base_at, offset_at, length_at, _, _) = primary_extent(heif);
+    let mut out = heif.to_vec();
+    let start = out.len() + 8;
+    out.extend_from_slice(&(data.len() as u32 + 8).to_be_bytes());
+    out.extend_from_slice(b"mdat");
+    out.extend_from_slice(data);
+    if let Some(base_at) = base_at {
+        out[base_at..base_at + 4].copy_from_slice(&0u32.to_be_bytes());
+    }
+    out[offset_at..offset_at + 4].copy_from_slice(&(start as u32).to_be_bytes());
+    out[length_at..length_at + 4].copy_from_slice(&(data.len() as u32).to_be_bytes());
+    out
+}
+
+/// A HEIC whose container and `hvcC` describe a 120x96 picture but whose item data opens with
+/// the parameter sets of a 290x442 one (coded 296x448): libde265 would take those in-band sets
+/// and allocate that picture through its own allocator (the stream has SAO, so the engine's allocation
+/// callback is never asked). The engine refuses the in-band sequence parameter set before
+/// libde265 reads it; the same surgery with the small picture's own data converts, so it is the
+/// larger picture that is refused.
+#[test]
+fn a_heic_whose_stream_outgrows_its_container_is_refused_before_decoding() {
+    let Some(root) = support::corpus() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("cloudimg-heif-sps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let source = |path: &str| root.join(path).to_string_lossy().into_owned();
+    let small_png = source("conformance/png/real/rgb8_icc_120x96.png");
+    let large_png = source("conformance/png/real/rgb16_photo_290x442.png");
+    let (Some(small), Some(large)) = (
+        make("heif-enc", &[&small_png, "-o"], &dir.join("small.heic")),
+        make("heif-enc", &[&large_png, "-o"], &dir.join("large.heic")),
+    ) else {
+        return;
+    };
+    let (small, large) = (std::fs::read(small).unwrap(), std::fs::read(large).unwrap());
+    std::fs::remove_dir_all(&dir).ok();
+    let item = |heif: &[u8]| {
+        let (_, _, _, offset, length) = primary_extent(heif);
+        heif[offset..offset + length].to_vec()
+    };
+    let options = Options::default();
+
+    let moved = with_item_data(&small, &item(&small));
+    let converted = convert(&moved, &options).expect("the small picture's own data, moved");
+    assert_eq!((converted.width, converted.height), (120, 96));
+
+    let mut data = Vec::new();
+    for unit in parameter_sets(&large) {
+        data.extend_from_slice(&(unit.len() as u32).to_be_bytes());
+        data.extend_from_slice(&unit);
+    }
+    data.extend_from_slice(&item(&large));
+    let hostile = with_item_data(&small, &data);
+    let outcome = catch_unwind(AssertUnwindSafe(|| convert(&hostile, &options))).expect("no panic");
+    let Err(refused) = outcome else {
+        panic!("a 290x442 picture inside a 120x96 container was converted");
+    };
+    assert_ne!(refused.kind(), ErrorKind::Internal, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("the container says 120x96, the sequence parameter set 296x448"),
+        "refused before decoding, by the in-band sequence parameter set: {refused}"
+    );
 }
 
 /// A `width` x `height` picture as YCbCr (BT.601, full range) subsampled `h` x `v` (chroma

@@ -5,10 +5,11 @@
 //!
 //! The item's NAL units are length-prefixed (`hvcC` says how wide the prefix is); the parameter
 //! sets come from `hvcC`'s arrays. libde265 decodes on the calling thread (no worker threads).
-//! Before handing it anything, the picture size in the sequence parameter set is checked to be
-//! the container's, so a small `ispe` cannot hide a large frame; its pictures come from the Rust
-//! heap (`codec_heap`), and one larger than the container's (a sequence parameter set inside the
-//! item's data) is refused there.
+//! Every sequence parameter set, `hvcC`'s and any inside the item's data, is checked to declare
+//! the container's picture size before libde265 reads it, so a small `ispe` cannot hide a large
+//! frame: libde265 allocates a picture with SAO (most HEVC) through its own allocator, sized by
+//! the stream alone. Pictures without SAO come from the Rust heap (`codec_heap`) through its
+//! allocation callback, which refuses one larger than the container's too.
 
 use std::ffi::{c_int, c_void};
 
@@ -236,6 +237,22 @@ fn sps_size(nal: &[u8]) -> Result<(u32, u32)> {
     Ok((r.ue()?, r.ue()?))
 }
 
+/// Refuses `nal` if it is a sequence parameter set whose picture is not the container's
+/// `width` x `height`: the coded size may pad the picture to whole coding blocks (at most 64
+/// pixels), anything larger is not this item.
+fn check_picture_size(nal: &[u8], width: u32, height: u32) -> Result<()> {
+    if nal.first().map(|b| (b >> 1) & 0x3F) != Some(33) {
+        return Ok(());
+    }
+    let (w, h) = sps_size(nal)?;
+    if w < width || h < height || w - width >= 64 || h - height >= 64 {
+        return Err(invalid(format!(
+            "the container says {width}x{height}, the sequence parameter set {w}x{h}"
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes the HEVC item `bitstream` (`width` x `height` by its container, configured by
 /// `config`, its `hvcC`) and hands the picture to `f`.
 pub(crate) fn decode(
@@ -246,17 +263,8 @@ pub(crate) fn decode(
     f: &mut dyn FnMut(&Picture) -> Result<()>,
 ) -> Result<()> {
     let (length_size, parameter_sets) = parse_config(config)?;
-    // The coded size may pad the picture to whole coding blocks (at most 64 pixels); anything
-    // larger is not this item.
     for nal in &parameter_sets {
-        if nal.first().map(|b| (b >> 1) & 0x3F) == Some(33) {
-            let (w, h) = sps_size(nal)?;
-            if w < width || h < height || w - width >= 64 || h - height >= 64 {
-                return Err(invalid(format!(
-                    "the container says {width}x{height}, the sequence parameter set {w}x{h}"
-                )));
-            }
-        }
+        check_picture_size(nal, width, height)?;
     }
     // The most pixels a picture may have: the container's size padded as the check above allows.
     // Declared before the decoder, which holds a pointer to it until it is dropped.
@@ -310,6 +318,7 @@ pub(crate) fn decode(
         let nal = tail
             .get(..len)
             .ok_or_else(|| invalid("truncated: a NAL unit ends past its item"))?;
+        check_picture_size(nal, width, height)?;
         push(nal)?;
         rest = &tail[len..];
     }
