@@ -412,8 +412,10 @@ fn check_made(paths: &[PathBuf], format: &str) -> Vec<String> {
 /// 0.11, aom) and `heif-enc` (libheif 1.15, x265) from a 16-bit PNG photo: 12-bit and 4:2:2 AVIF,
 /// mirrored and rotated-and-mirrored AVIF (`imir`, `irot`), 10-bit and 12-bit 4:4:4 HEIC, a
 /// HEIC made from a JPEG with EXIF orientation 6 (heif-enc keeps the EXIF; the HEIF rule, which
-/// libheif and the engine follow, does not apply it), and the 10-bit HEIC turned a quarter by an
-/// `irot` added here (heif-enc 1.15 writes none).
+/// libheif and the engine follow, does not apply it), a HEIC coded without SAO (10-bit from this
+/// photo: its pictures come from the engine's allocation callback, which no other file reaches),
+/// and the 10-bit HEIC
+/// turned a quarter by an `irot` added here (heif-enc 1.15 writes none).
 #[test]
 fn generated_heifs_behave_as_pillow() {
     let Some(root) = support::corpus() else {
@@ -427,7 +429,7 @@ fn generated_heifs_behave_as_pillow() {
     let source = |path: &str| root.join(path).to_string_lossy().into_owned();
     let photo = source("conformance/png/real/rgb16_photo_290x442.png");
     let oriented = source("conformance/jpeg/exif_orientation/hopper_orientation_6.jpg");
-    let cases: [(&str, Vec<&str>, &str, &str); 7] = [
+    let cases: [(&str, Vec<&str>, &str, &str); 8] = [
         (
             "avifenc",
             vec!["-d", "12", "-y", "420", &photo],
@@ -463,6 +465,13 @@ fn generated_heifs_behave_as_pillow() {
             "heif-enc",
             vec![&oriented, "-o"],
             "exif_orientation6.heic",
+            "HEIC",
+        ),
+        // Without SAO libde265 takes its pictures from the engine's allocation callback.
+        (
+            "heif-enc",
+            vec!["-p", "x265:sao=0", &photo, "-o"],
+            "no_sao.heic",
             "HEIC",
         ),
     ];

@@ -64,14 +64,14 @@ unsafe extern "C" fn get_buffer(
     };
     let layout = PictureLayout::libde265(width, height, depths, chroma);
     let planes = [
-        (layout.y_bytes, layout.y_stride, depths.0),
-        (layout.c_bytes, layout.c_stride, depths.1),
-        (layout.c_bytes, layout.c_stride, depths.1),
+        (layout.y_bytes, layout.y_stride),
+        (layout.c_bytes, layout.c_stride),
+        (layout.c_bytes, layout.c_stride),
     ];
     // Every plane allocated before any is handed over: libde265 releases an image through
     // `release_buffer` whenever its first plane is set, even after this callback failed.
     let mut given = [std::ptr::null_mut(); 3];
-    for (c, &(bytes, _, _)) in planes.iter().enumerate() {
+    for (c, &(bytes, _)) in planes.iter().enumerate() {
         if bytes == 0 {
             continue;
         }
@@ -84,19 +84,19 @@ unsafe extern "C" fn get_buffer(
             return 0;
         }
     }
-    for (c, (&plane, &(_, stride, depth))) in given.iter().zip(&planes).enumerate() {
+    for (c, (&plane, &(_, stride))) in given.iter().zip(&planes).enumerate() {
         if plane.is_null() {
             continue;
         }
-        let samples = if depth > 8 { stride / 2 } else { stride };
         // SAFETY: a plane of its `bytes` for the image libde265 is allocating; the pointer is
-        // also the plane's user data, which `release_buffer` frees.
+        // also the plane's user data, which `release_buffer` frees. The stride is in bytes:
+        // libde265 divides it by the bytes a sample takes.
         unsafe {
             de265::de265_set_image_plane(
                 image,
                 c as c_int,
                 plane.cast(),
-                samples as c_int,
+                stride as c_int,
                 plane.cast(),
             )
         };
@@ -358,12 +358,20 @@ unsafe fn hand_over(
         let mut planes: [&[u8]; 3] = [&[], &[], &[]];
         let mut strides = [0usize; 3];
         let channels = if monochrome { 1 } else { 3 };
+        let sample_bytes = if depth > 8 { 2 } else { 1 };
         for c in 0..channels {
             let mut stride: c_int = 0;
             let data = de265::de265_get_image_plane(image, c as c_int, &mut stride);
             let rows = de265::de265_get_image_height(image, c as c_int);
-            if data.is_null() || stride <= 0 || rows <= 0 {
+            let columns = de265::de265_get_image_width(image, c as c_int);
+            if data.is_null() || stride <= 0 || rows <= 0 || columns <= 0 {
                 return Err(invalid("libde265 gave an empty plane"));
+            }
+            // Rows are read `stride` apart, each `columns` samples long.
+            if (stride as usize) < columns as usize * sample_bytes {
+                return Err(Error::Internal(format!(
+                    "libde265 gave plane {c} rows of {stride} bytes for {columns} samples"
+                )));
             }
             planes[c] = std::slice::from_raw_parts(data, stride as usize * rows as usize);
             strides[c] = stride as usize;
