@@ -373,7 +373,11 @@ unsafe fn hand_over(
                     "libde265 gave plane {c} rows of {stride} bytes for {columns} samples"
                 )));
             }
-            planes[c] = std::slice::from_raw_parts(data, stride as usize * rows as usize);
+            // The plane from its cropped start: whole rows but the last, which ends at its last
+            // sample (a left crop moves the start into the row, so `rows` whole strides from
+            // there would run past the buffer).
+            let length = (rows as usize - 1) * stride as usize + columns as usize * sample_bytes;
+            planes[c] = std::slice::from_raw_parts(data, length);
             strides[c] = stride as usize;
         }
         f(&Picture {
