@@ -782,14 +782,9 @@ fn overlay(
     data: &[u8],
 ) -> Result<Image> {
     let format = codec.format();
-    let layer_ids = meta
-        .refs_from(b"dimg", id)
-        .next()
-        .ok_or_else(|| Error::invalid(format, "an overlay without layers ('dimg')"))?;
-    let body = item_bytes(data, &item.extents);
+    let (layer_ids, body) = derived(meta, id, item, data, format, "an overlay without layers")?;
     let mut r = Reader::new(&body, (0, body.len()), format);
-    r.u8()?;
-    let size = if r.u8()? & 1 == 1 { 4 } else { 2 };
+    let size = field_size(&mut r)?;
     let [red, green, blue, alpha] =
         [r.u16()?, r.u16()?, r.u16()?, r.u16()?].map(|v| ((u32::from(v) + 128) / 257) as u8);
     let fill = luma::over_white(luma::luma(red, green, blue), alpha);
@@ -818,6 +813,30 @@ fn overlay(
     })
 }
 
+/// A derived item's (grid's or overlay's) inputs, its 'dimg' references, and its descriptor,
+/// the item's data; `missing` names the refusal when it has no inputs.
+fn derived<'m, 'd>(
+    meta: &'m Meta,
+    id: u32,
+    item: &Item,
+    data: &'d [u8],
+    format: Format,
+    missing: &str,
+) -> Result<(&'m [u32], Cow<'d, [u8]>)> {
+    let inputs = meta
+        .refs_from(b"dimg", id)
+        .next()
+        .ok_or_else(|| Error::invalid(format, format!("{missing} ('dimg')")))?;
+    Ok((inputs, item_bytes(data, &item.extents)))
+}
+
+/// Reads a derived item descriptor's version and flags: the bytes of its sizes and offsets
+/// (flag bit 0: 32 bits, else 16).
+fn field_size(r: &mut Reader) -> Result<usize> {
+    r.u8()?;
+    Ok(if r.u8()? & 1 == 1 { 4 } else { 2 })
+}
+
 /// An image item (coded, a grid of coded items, or an overlay of those), every size in it
 /// checked against the limits.
 fn image_item(meta: &Meta, id: u32, codec: Codec, limits: &Limits, data: &[u8]) -> Result<Image> {
@@ -827,17 +846,11 @@ fn image_item(meta: &Meta, id: u32, codec: Codec, limits: &Limits, data: &[u8]) 
     match &item.kind {
         b"iovl" => overlay(meta, id, item, codec, limits, data),
         b"grid" => {
-            let tiles_ids = meta
-                .refs_from(b"dimg", id)
-                .next()
-                .ok_or_else(|| Error::invalid(format, "a grid without tiles ('dimg')"))?;
-            let body = item_bytes(data, &item.extents);
+            let (tiles_ids, body) = derived(meta, id, item, data, format, "a grid without tiles")?;
             let mut r = Reader::new(&body, (0, body.len()), format);
-            r.u8()?;
-            let flags = r.u8()?;
+            let size = field_size(&mut r)?;
             let rows = u32::from(r.u8()?) + 1;
             let columns = u32::from(r.u8()?) + 1;
-            let size = if flags & 1 == 1 { 4 } else { 2 };
             let (width, height) = (r.uint(size)? as u32, r.uint(size)? as u32);
             limits.check_dimensions(width, height)?;
             if tiles_ids.len() as u64 != u64::from(rows) * u64::from(columns) {
