@@ -279,6 +279,14 @@ fn every_format_entry_behaves_as_pillow() {
     );
 }
 
+/// A new folder under the system's temporary one for the files a test makes (`name`, this
+/// process's ID); the test removes it.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cloudimg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// Runs a tool that makes a test file; `None` (a skip) when it is not installed.
 fn make(tool: &str, args: &[&str], out: &Path) -> Option<PathBuf> {
     let status = match Command::new(tool).args(args).arg(out).status() {
@@ -302,8 +310,7 @@ fn generated_tiffs_behave_as_pillow() {
     if !pillow::available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("cloudimg-tiff-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch("tiff");
     let made = root.join("formats/made/tiff");
     let source = |name: &str| made.join(name).to_string_lossy().into_owned();
     let (rgb, bilevel) = (source("rgb_uncompressed.tif"), source("bilevel_g4.tif"));
@@ -424,8 +431,7 @@ fn generated_heifs_behave_as_pillow() {
     if !pillow::available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("cloudimg-heif-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch("heif");
     let source = |path: &str| root.join(path).to_string_lossy().into_owned();
     let photo = source("conformance/png/real/rgb16_photo_290x442.png");
     let oriented = source("conformance/jpeg/exif_orientation/hopper_orientation_6.jpg");
@@ -712,8 +718,7 @@ fn a_heic_whose_stream_outgrows_its_container_is_refused_before_decoding() {
     let Some(root) = support::corpus() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("cloudimg-heif-sps-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch("heif-sps");
     let source = |path: &str| root.join(path).to_string_lossy().into_owned();
     let small_png = source("conformance/png/real/rgb8_icc_120x96.png");
     let large_png = source("conformance/png/real/rgb16_photo_290x442.png");
