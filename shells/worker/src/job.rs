@@ -89,6 +89,27 @@ fn record_stage(stage: impl Into<metrics::SharedString>, time: Duration) {
         .record(time.as_secs_f64());
 }
 
+/// A nack that puts the delivery back in the queue.
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    requeue: true,
+    multiple: false,
+};
+
+/// Settles a delivery with the broker (`settlement`: its ack, nack or reject), unless the link
+/// is lost first. On a lost connection lapin's settlement may never resolve, and a job waiting on
+/// it held the session's end, and so the reconnection and the shutdown, for good; the broker
+/// redelivers every delivery its closed channel left unsettled.
+async fn settle<T>(
+    link: &CancellationToken,
+    settlement: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, String> {
+    tokio::select! {
+        biased;
+        _ = link.cancelled() => Err("the broker link was lost".into()),
+        settled = settlement => settled.map_err(|e| e.to_string()),
+    }
+}
+
 /// Handles one delivery to the end: ack, dead-letter then ack, or nack for redelivery.
 pub(crate) async fn handle(
     ctx: Arc<Context>,
@@ -119,7 +140,7 @@ pub(crate) async fn handle(
             engine,
             accepted_unix_ms,
         } => {
-            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+            if let Err(e) = settle(&link, acker.ack(BasicAckOptions::default())).await {
                 tracing::warn!(%key, error = %e, "ack failed; the job will be redelivered");
                 job_outcome("ack_failed");
                 return;
@@ -142,12 +163,7 @@ pub(crate) async fn handle(
         Outcome::Requeue(reason) => {
             tracing::warn!(%reason, "job handed back to the broker");
             job_outcome("requeued");
-            let _ = acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            let _ = settle(&link, acker.nack(REQUEUE)).await;
         }
         Outcome::Failed(Failure {
             mut job_id,
@@ -164,12 +180,7 @@ pub(crate) async fn handle(
             if let Err(Stop::Released(reason)) = marked {
                 tracing::warn!(%job_id, %reason, "cannot write the failure marker; requeueing");
                 job_outcome("requeued");
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                let _ = settle(&link, acker.nack(REQUEUE)).await;
                 return;
             }
             let dead_queue = ctx.topology.dead_letter_queue();
@@ -195,11 +206,11 @@ pub(crate) async fn handle(
             }
             let confirmed = published.is_ok();
             let result = if confirmed {
-                acker.ack(BasicAckOptions::default()).await
+                settle(&link, acker.ack(BasicAckOptions::default())).await
             } else {
                 // Let the broker dead-letter it instead (the work queue's dead-letter route keeps
                 // the job id header; the reason is in the marker).
-                acker.reject(BasicRejectOptions { requeue: false }).await
+                settle(&link, acker.reject(BasicRejectOptions { requeue: false })).await
             };
             match result {
                 Err(e) => tracing::warn!(%job_id, error = %e, "ack after dead-lettering failed"),
@@ -627,6 +638,25 @@ impl Retry<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A settlement that never resolves (lapin's, on a connection that died) ends when the link
+    /// is lost; on a live link the settlement's own result comes back.
+    #[tokio::test]
+    async fn a_settlement_stops_waiting_when_the_link_is_lost() {
+        let link = CancellationToken::new();
+        let settled = settle(&link, async { Ok::<_, lapin::Error>(true) }).await;
+        assert_eq!(settled, Ok(true));
+        let waiting = tokio::spawn({
+            let link = link.clone();
+            async move { settle(&link, std::future::pending::<lapin::Result<bool>>()).await }
+        });
+        link.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the settlement ended with the link")
+            .expect("no panic");
+        assert_eq!(ended, Err("the broker link was lost".to_string()));
+    }
 
     /// The README's "a panic in the engine is caught on the pool thread and dead-lettered as
     /// `internal`": no input is known to panic the engine, and the engine has no hook to make it,
